@@ -1,0 +1,42 @@
+"""Contact addresses for XMPP services (XEP-0157), in the domain's disco#info as a XEP-0128 form."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from xmppd.plugin import Context, Option, Plugin
+from xmppd.xml.stanza import add_child
+
+NS_DATA = "jabber:x:data"
+FORM_TYPE = "http://jabber.org/network/serverinfo"
+FIELDS = ("abuse", "admin", "feedback", "sales", "security", "status", "support")
+
+
+class ContactInfo(Plugin):
+    """Publishes the configured addresses (``mailto:``, ``xmpp:``, ``https:`` URIs), s2 of XEP-0157."""
+
+    name = "contact_info"
+    requires = ("disco",)
+    options = {
+        f"{field}_addresses": Option(list, [], f"URIs for {field} contact", item_type=str) for field in FIELDS
+    }
+
+    def setup(self, ctx: Context) -> None:
+        fields = {f: ctx.option(f"{f}_addresses") for f in FIELDS}
+        if any(fields.values()):
+            ctx.add_extension(self.form(fields))
+
+    @staticmethod
+    def form(fields: dict[str, list[str]]) -> etree._Element:
+        form = etree.Element(f"{{{NS_DATA}}}x", nsmap={None: NS_DATA}, type="result")
+        form_type = add_child(form, NS_DATA, "field")
+        form_type.set("var", "FORM_TYPE")
+        form_type.set("type", "hidden")
+        add_child(form_type, NS_DATA, "value", FORM_TYPE)
+        for name, uris in fields.items():
+            if uris:
+                field = add_child(form, NS_DATA, "field")
+                field.set("var", f"{name}-addresses")
+                for uri in uris:
+                    add_child(field, NS_DATA, "value", uri)
+        return form

@@ -1,0 +1,112 @@
+"""Service discovery (XEP-0030): disco#info and disco#items for the server and for accounts.
+
+Nothing here knows other features: every plugin announces its own through ``ctx.add_feature``,
+``add_identity``, ``add_extension`` (XEP-0128 forms) and ``add_item``, and this plugin reports what the
+domain has at the moment of the query, so loading or unloading a plugin changes the answer at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from xmppd.plugin import Context, Plugin
+from xmppd.router import StanzaEvent
+from xmppd.xml.stanza import add_child
+
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+
+
+def presence_authorized(event: StanzaEvent) -> bool:
+    """Whether the sender may see the addressed account's presence-like data: its owner always; others
+    when a plugin (the roster, once enabled) answers the ``presence-authorized`` event with True."""
+    if event.from_.bare == event.to.bare:
+        return True
+    return event.host.bus.fire("presence-authorized", event) is True
+
+
+class ServiceDiscovery(Plugin):
+    """XEP-0030 for the domain (s3, s4) and for accounts answered by the server (s3.1, s4.1)."""
+
+    name = "disco"
+
+    def setup(self, ctx: Context) -> None:
+        ctx.add_feature(NS_INFO)
+        ctx.add_feature(NS_ITEMS)
+        ctx.add_identity("server", "im", "xmppd")
+        ctx.add_feature(NS_INFO, account=True)
+        ctx.add_feature(NS_ITEMS, account=True)
+        ctx.hook_iq("get", NS_INFO, "query", self.host_info, to="host")
+        ctx.hook_iq("get", NS_ITEMS, "query", self.host_items, to="host")
+        ctx.hook_iq("get", NS_INFO, "query", self.account_info, to=("self", "bare"))
+        ctx.hook_iq("get", NS_ITEMS, "query", self.account_items, to=("self", "bare"))
+
+    def _reply(self, event: StanzaEvent, ns: str) -> tuple[etree._Element, etree._Element]:
+        reply = event.result()
+        query = add_child(reply, ns, "query")
+        node = event.stanza[0].get("node")
+        if node:
+            query.set("node", node)
+        return reply, query
+
+    def host_info(self, event: StanzaEvent) -> Any:
+        if event.stanza[0].get("node"):
+            return event.error("item-not-found")  # no nodes are defined on the domain yet
+        host = event.host
+        reply, query = self._reply(event, NS_INFO)
+        for category, type_, name, _ in sorted(host.identities, key=lambda i: (i[0], i[1])):
+            identity = add_child(query, NS_INFO, "identity")
+            identity.set("category", category)
+            identity.set("type", type_)
+            if name:
+                identity.set("name", name)
+        for var in sorted(host.features):
+            add_child(query, NS_INFO, "feature").set("var", var)
+        for form, _ in host.extensions:
+            query.append(_copy(form))
+        return reply
+
+    def host_items(self, event: StanzaEvent) -> Any:
+        if event.stanza[0].get("node"):
+            return event.error("item-not-found")
+        reply, query = self._reply(event, NS_ITEMS)
+        for jid, name, _ in event.host.items:
+            item = add_child(query, NS_ITEMS, "item")
+            item.set("jid", jid)
+            if name:
+                item.set("name", name)
+        return reply
+
+    def _account(self, event: StanzaEvent, answer: Any) -> Any:
+        if not presence_authorized(event):
+            return event.error("service-unavailable")  # s3.1: as if the account did not exist
+
+        def decide(exists: bool) -> Any:
+            return answer(event) if exists else event.error("service-unavailable")
+
+        return event.server.accounts.exists(event.to.bare).addCallback(decide)
+
+    def account_info(self, event: StanzaEvent) -> Any:
+        def answer(event: StanzaEvent) -> etree._Element:
+            if event.stanza[0].get("node"):
+                return event.error("item-not-found")
+            reply, query = self._reply(event, NS_INFO)
+            identity = add_child(query, NS_INFO, "identity")
+            identity.set("category", "account")
+            identity.set("type", "registered")
+            for var in sorted(event.host.account_features):
+                add_child(query, NS_INFO, "feature").set("var", var)
+            return reply
+
+        return self._account(event, answer)
+
+    def account_items(self, event: StanzaEvent) -> Any:
+        return self._account(event, lambda e: self._reply(e, NS_ITEMS)[0])
+
+
+def _copy(el: etree._Element) -> etree._Element:
+    from copy import deepcopy
+
+    return deepcopy(el)

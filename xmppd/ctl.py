@@ -1,0 +1,169 @@
+"""``xmppdctl``: administer xmppd from the shell.
+
+With the server running, commands go over its control socket (data_dir/xmppd.sock) and act on the live
+process. Without it, the account commands (adduser, deluser, passwd, users) open the storage directly, so
+accounts can be prepared before the first start; the others say the server is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.task import react
+from twisted.protocols import amp
+
+from xmppd.config import Config, ConfigError, load
+from xmppd.control import Call, Commands, ControlError
+
+OFFLINE_COMMANDS = {"adduser", "deluser", "passwd", "users"}
+
+
+class NotRunning(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xmppdctl", description="Administer an xmppd server.")
+    p.add_argument("--config", "-c", help="the server's TOML configuration (default: embedded defaults)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("adduser", help="create an account (password prompted if not given)")
+    add.add_argument("jid")
+    add.add_argument("password", nargs="?")
+    dele = sub.add_parser("deluser", help="delete an account and its data")
+    dele.add_argument("jid")
+    pw = sub.add_parser("passwd", help="change an account's password")
+    pw.add_argument("jid")
+    pw.add_argument("password", nargs="?")
+    users = sub.add_parser("users", help="list accounts")
+    users.add_argument("domain", nargs="?")
+    sub.add_parser("status", help="is the server running, and what it serves")
+    sub.add_parser("reload", help="re-read the configuration file (like SIGHUP)")
+    plugins = sub.add_parser("plugins", help="list plugins, or load / unload / reload one")
+    plugins.add_argument("action", nargs="?", choices=["list", "load", "unload", "reload"], default="list")
+    plugins.add_argument("name", nargs="?")
+    plugins.add_argument("--domain", help="only this domain (default: every served domain)")
+    return p
+
+
+def _password(given: str | None) -> str:
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise ControlError("the passwords differ")
+        return first
+    line = sys.stdin.readline()
+    return line.rstrip("\n")
+
+
+def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    command = ns.command
+    if command == "adduser" or command == "passwd":
+        return command, {"jid": ns.jid, "password": _password(ns.password)}
+    if command == "deluser":
+        return command, {"jid": ns.jid}
+    if command == "users":
+        return command, {"domain": ns.domain}
+    if command == "plugins":
+        if ns.action == "list":
+            return "plugins", {}
+        if not ns.name:
+            raise ControlError(f"plugins {ns.action} needs a plugin name")
+        return f"plugin-{ns.action}", {"name": ns.name, "domain": ns.domain}
+    return command, {}
+
+
+async def _online(reactor: Any, config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    from xmppd.server import XMPPServer
+
+    path = str(XMPPServer.control_socket(config).resolve()).replace(":", "\\:")
+    endpoint = clientFromString(reactor, f"unix:path={path}:timeout=5")
+    try:
+        proto = await connectProtocol(endpoint, amp.AMP())
+    except (ConnectError, OSError) as e:
+        raise NotRunning(str(e)) from None
+    try:
+        answer = await proto.callRemote(Call, command=command, args=json.dumps(args))
+    finally:
+        proto.transport.loseConnection()
+    return json.loads(answer["result"])
+
+
+async def _offline(config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Account commands straight on the storage, for a server that is not running."""
+    from xmppd.accounts import Accounts
+    from xmppd.storage import open_storage
+
+    if config.get("storage", "backend") == "memory":
+        raise ControlError("the server is not running and memory storage keeps no accounts")
+    storage = open_storage(config.get("storage", "backend"), config.data_dir)
+    await storage.start()
+    try:
+        offline = _OfflineServer(config, Accounts(storage))
+        return await Commands(offline).run(command, args)
+    finally:
+        await storage.stop()
+
+
+class _OfflineServer:
+    """Just enough of a server for the account commands."""
+
+    def __init__(self, config: Config, accounts: Any) -> None:
+        from xmppd.events import EventBus
+        from xmppd.sessions import SessionManager
+
+        self.accounts = accounts
+        self.sessions = SessionManager()
+        self.hosts = {d: type("H", (), {"bus": EventBus(), "name": d})() for d in config.domains}
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, list):
+        for row in result:
+            if isinstance(row, dict):
+                enabled = ",".join(row["enabled"]) or "-"
+                loaded = ",".join(row["loaded"]) or "-"
+                print(f"{row['name']:16} enabled: {enabled:20} loaded: {loaded:20} {row['origin']}")
+            else:
+                print(row)
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    else:
+        print(result)
+
+
+async def _main(reactor: Any, argv: list[str]) -> None:
+    ns = _parser().parse_args(argv)
+    try:
+        config = load(ns.config)
+        command, args = _request(ns)
+        try:
+            answer = await _online(reactor, config, command, args)
+        except NotRunning as e:
+            if command not in OFFLINE_COMMANDS:
+                raise ControlError(f"xmppd is not running ({e}); start it with: twistd -n xmppd") from None
+            answer = await _offline(config, command, args)
+    except (ConfigError, ControlError) as e:
+        print(f"xmppdctl: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if "error" in answer:
+        print(f"xmppdctl: {answer['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    _print(answer["ok"], ns.json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    react(lambda reactor: ensureDeferred(_main(reactor, args)))

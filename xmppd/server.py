@@ -1,0 +1,255 @@
+"""XMPPServer: the service tree that config turns into a running server.
+
+Children: storage, the plugin host, and one service per listener; the server itself owns the hosts
+(one event bus per served domain), the session manager and the router. ``privilegedStartService`` binds
+every listener synchronously, so a port in use is a ConfigError at start-up, not a log line later.
+``stopService`` closes every stream with ``<system-shutdown/>`` and then stops storage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from xmppd.accounts import Accounts
+from xmppd.config import Config, ConfigError
+from xmppd.delivery import CoreDelivery
+from xmppd.events import EventBus
+from xmppd.plugin import PluginManager
+from xmppd.router import Router
+from xmppd.sessions import SessionManager
+from xmppd.storage import open_storage
+from xmppd.stream.c2s import C2SFactory
+
+log = Logger(namespace="xmppd.server")
+
+
+class Host:
+    """A served domain: its event bus and what its plugins declare for service discovery."""
+
+    def __init__(self, server: XMPPServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.bus = EventBus()
+        self.features: dict[str, int] = {}  # feature var -> number of plugins declaring it
+        self.account_features: dict[str, int] = {}  # features of every account (disco#info to a bare JID)
+        self.identities: list[tuple[str, str, str | None, str]] = []  # (category, type, name, owner)
+        self.extensions: list[tuple[etree._Element, str]] = []  # XEP-0128 forms, with their owner
+        self.items: list[tuple[str, str | None, str]] = []  # disco items: (jid, name, owner)
+
+    def __repr__(self) -> str:
+        return f"<Host {self.name}>"
+
+
+class SessionEvent:
+    """Fired as ``session-started`` / ``session-ended``."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+
+class XMPPServer(MultiService):
+    """The whole server. Pass ``reactor`` (or a MemoryReactorClock in tests); only xmppd.tap uses the
+    global one."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reactor: Any,
+        tls_context: Any = None,
+        storage: Any = None,
+        plugin_classes: tuple = (),
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.clock = reactor
+        self.tls_context = tls_context
+        self.started_at = reactor.seconds()
+        self.default_domain = config.domains[0]
+        self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.domains}
+        self.sessions = SessionManager(config.get("server", "max_sessions_per_user"))
+        self.router = Router(self)
+        self.storage = storage or open_storage(config.get("storage", "backend"), config.data_dir)
+        self.accounts = Accounts(self.storage)
+        self.streams: set = set()
+        self.ports: dict[str, list[Any]] = {}
+        delivery = CoreDelivery(self)
+        for host in self.hosts.values():
+            delivery.install(host.bus)
+        self.plugins = PluginManager(self, plugin_classes)
+        self.plugins.configure(
+            config
+        )  # ConfigError for unknown plugins and bad options, before anything runs
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def listeners(self) -> list[tuple[str, str, Any]]:
+        """(kind, endpoint description, factory) for every configured listener."""
+        result = []
+        for desc in self.config.get("listen", "c2s"):
+            result.append(("c2s", desc, C2SFactory(self)))
+        for desc in self.config.get("listen", "c2s_direct_tls"):
+            if self.tls_context is None:
+                raise ConfigError(
+                    "direct TLS needs a certificate",
+                    path=self.config.path,
+                    key="[listen] c2s_direct_tls",
+                    fix="configure [tls] or leave it empty",
+                )
+            factory = TLSMemoryBIOFactory(self.tls_context, False, C2SFactory(self, direct_tls=True))
+            result.append(("c2s_direct_tls", desc, factory))
+        control = self.control_endpoint()
+        if control:
+            from xmppd.control import ControlFactory
+
+            result.append(("control", control, ControlFactory(self)))
+        return result
+
+    @staticmethod
+    def control_socket(config: Config) -> Path:
+        """Where the control socket lives: ``[listen] control``, or xmppd.sock in data_dir."""
+        configured = config.get("listen", "control")
+        return Path(configured) if configured else config.data_dir / "xmppd.sock"
+
+    def control_endpoint(self) -> str:
+        path = str(self.control_socket(self.config).resolve()).replace(":", "\\:")
+        return f"unix:{path}:mode=600:lockfile=1"
+
+    def privilegedStartService(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        for kind, desc, factory in self.listeners():
+            self._listen(kind, desc, factory)
+        self._write_listeners_file()
+        super().privilegedStartService()
+
+    def _listen(self, kind: str, desc: str, factory: Any) -> None:
+        key = f"[listen] {kind}"
+        try:
+            endpoint = serverFromString(self.reactor, desc)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"bad endpoint description {desc!r} ({e})",
+                path=self.config.path,
+                key=key,
+                fix='use a Twisted endpoint like "tcp:5222:interface=127.0.0.1"',
+            ) from None
+        outcome: list[Any] = []
+        endpoint.listen(factory).addBoth(outcome.append)
+        if not outcome:
+            raise ConfigError(
+                f"{desc!r} did not start listening at once",
+                path=self.config.path,
+                key=key,
+                fix="use a tcp:, unix: or ssl: endpoint",
+            )
+        result = outcome[0]
+        if isinstance(result, Failure):
+            error = result.value
+            reason = error.socketError if isinstance(error, CannotListenError) else error
+            self.stop_listening()
+            raise ConfigError(
+                f"cannot listen on {desc!r}: {reason}",
+                path=self.config.path,
+                key=key,
+                fix="choose a free port or stop the other server",
+            ) from None
+        self.ports.setdefault(kind, []).append(result)
+        log.info("listening for {kind} on {address}", kind=kind, address=address(result))
+
+    def _write_listeners_file(self) -> None:
+        """data_dir/listeners.json: the bound addresses, for tools and tests using port 0."""
+        data = {kind: [address(p) for p in ports] for kind, ports in self.ports.items()}
+        (self.config.data_dir / "listeners.json").write_text(json.dumps(data))
+
+    def stop_listening(self) -> defer.Deferred:
+        ports = [p for ps in self.ports.values() for p in ps]
+        self.ports = {}
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def startService(self) -> None:
+        super().startService()
+        self.started_at = self.reactor.seconds()
+        self.storage.start().addErrback(self._storage_failed)
+        self.plugins.load_all()
+        log.info("xmppd serving {domains}", domains=", ".join(self.hosts))
+
+    def _storage_failed(self, failure: Any) -> None:
+        log.failure("storage failed to start; stopping", failure)
+        self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> defer.Deferred:
+        yield self.stop_listening()
+        for stream in list(self.streams):
+            stream.close("system-shutdown")
+        self.plugins.unload_all()
+        yield super().stopService()
+        yield self.storage.stop()
+
+    # -- sessions ------------------------------------------------------------------------------------------
+
+    def session_started(self, session: Any) -> None:
+        self.hosts[session.host].bus.fire("session-started", SessionEvent(session))
+
+    def session_ended(self, session: Any) -> None:
+        """A bound session is gone, for whatever reason: tell its contacts and plugins (RFC 6121 s4.5.2)."""
+        was_available = session.priority is not None
+        session.priority = None
+        self.sessions.unbind(session)
+        self.router.cancel_pending(lambda to: to == session.jid)
+        if was_available:
+            presence = etree.Element("presence", type="unavailable")
+            presence.set("from", str(session.jid))
+            self.router.dispatch(presence, session.jid, session.jid.bare, origin=session)
+        self.hosts[session.host].bus.fire("session-ended", SessionEvent(session))
+        log.info("session {jid} ended", jid=session.jid)
+
+    def reload_config(self) -> list[str]:
+        """Re-read the configuration file (SIGHUP, ``xmppdctl reload``) and apply plugin changes.
+
+        A bad file is reported and changes nothing. Domains, listeners, TLS and storage need a restart.
+        """
+        from xmppd.config import load
+
+        if self.config.path is None:
+            return []
+        try:
+            new = load(self.config.path)
+            changes = self.plugins.apply_config(new)
+        except ConfigError as e:
+            log.error("configuration not reloaded: {error}", error=str(e))
+            raise
+        for section in ("server", "listen", "tls", "storage"):
+            if new.sections[section] != self.config.sections[section]:
+                log.warn("[{section}] changed; restart xmppd to apply it", section=section)
+        self.config.plugins = new.plugins
+        self.config.hosts = new.hosts
+        log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no plugin changes")
+        return changes
+
+    def fire_global(self, name: str, data: Any) -> None:
+        """Fire a server event on every host's bus."""
+        for host in self.hosts.values():
+            host.bus.fire(name, data)
+
+
+def address(port: Any) -> str:
+    """A listening port's address as text: host:port, or the UNIX socket path."""
+    addr = port.getHost()
+    if hasattr(addr, "port"):
+        return f"{addr.host}:{addr.port}"
+    name = getattr(addr, "name", addr)
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -1,0 +1,363 @@
+"""Client-to-server streams (RFC 6120): negotiation, then a bound session that the router delivers to.
+
+States, in order: stream header -> STARTTLS (required by default, s5) -> SASL (s6) -> stream restart ->
+resource binding (s7; the legacy session iq of RFC 3921 is accepted) -> bound. Each restart resets the
+parser, so nothing sent in the clear before ``<proceed/>`` survives into the TLS stream (s5.3.3).
+
+Every problem on the stream is a stream error sent before closing (s4.9): parser problems
+(``not-well-formed``, ``restricted-xml``, ``policy-violation``...), stanzas before authentication
+(``not-authorized``), an unknown domain (``host-unknown``), an idle unauthenticated connection
+(``connection-timeout``), a client that does not read its data (``policy-violation``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from lxml import etree
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from xmppd.jid import JID, JIDError, prep_resource
+from xmppd.sessions import ResourceLimit
+from xmppd.stream.sasl import NS_SASL, SASLNegotiation
+from xmppd.xml.parser import NS_STREAMS, NS_XML, StreamError, StreamParser
+from xmppd.xml.stanza import STANZA_KINDS, add_child, make_error, make_result
+from xmppd.xml.writer import STREAM_END, serialize, stream_error, stream_header
+
+if TYPE_CHECKING:
+    from xmppd.server import Host, XMPPServer
+
+NS_CLIENT = "jabber:client"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+XML_LANG = f"{{{NS_XML}}}lang"
+
+# Bytes a client may leave unread in our output buffer before it is disconnected.
+MAX_OUTPUT_BACKLOG = 2 * 1024 * 1024
+
+log = Logger(namespace="xmppd.c2s")
+
+
+@implementer(IPushProducer)
+class C2SStream(Protocol):
+    """One client connection. Once bound, it is also the Session the router delivers to."""
+
+    kind = "c2s"
+
+    def __init__(self, server: XMPPServer, *, direct_tls: bool = False) -> None:
+        self.server = server
+        self.id = secrets.token_urlsafe(12)
+        self.tls = direct_tls
+        self.host: str | None = None
+        self.lang = "en"
+        self.user: str | None = None  # authenticated localpart
+        self.jid: JID | None = None  # bound full JID
+        self.bound = False
+        self.priority: int | None = None
+        self.presence: etree._Element | None = None
+        self.peer = ""
+        self.created = time.time()
+        self.closed = False
+        self.last_received = server.clock.seconds()  # for keepalive pings
+        self.last_presence: etree._Element | None = None  # the unavailable presence it left with
+        self._header_sent = False
+        self._sasl: SASLNegotiation | None = None
+        self._auth_failures = 0
+        self._auth_timer = None
+        self._congested = False
+        self._backlog = 0
+        self._parser = self._new_parser()
+
+    # -- connection ----------------------------------------------------------------------------------------
+
+    def _new_parser(self) -> StreamParser:
+        return StreamParser(
+            self._stream_start,
+            self._element,
+            self._stream_end,
+            content_ns=NS_CLIENT,
+            max_stanza_size=self.server.config.get("server", "max_stanza_size"),
+        )
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', peer)}"
+        timeout = self.server.config.get("server", "auth_timeout")
+        self._auth_timer = self.server.clock.callLater(timeout, self._auth_timeout)
+        self.server.streams.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_received = self.server.clock.seconds()
+        try:
+            self._parser.feed(data)
+        except StreamError as e:
+            log.info(
+                "c2s {id} from {peer}: stream error {condition}: {text}",
+                id=self.id,
+                peer=self.peer,
+                condition=e.condition,
+                text=e.text,
+            )
+            self.close(e.condition, e.text)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed = True
+        self.server.streams.discard(self)
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._parser.close()
+        if self.bound:
+            self.bound = False
+            self.server.session_ended(self)
+
+    def _auth_timeout(self) -> None:
+        self._auth_timer = None
+        if not self.bound:
+            self.close("connection-timeout", "authenticate within the time allowed")
+
+    # -- output --------------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._congested:
+            self._backlog += len(data)
+            if self._backlog > MAX_OUTPUT_BACKLOG:
+                log.info("c2s {id} ({jid}) does not read its data; closing", id=self.id, jid=self.jid)
+                self._congested = False
+                self.close("policy-violation", "too much unread data")
+                return
+        self.transport.write(data)
+
+    def send(self, stanza: etree._Element) -> None:
+        """Deliver a stanza or stream-level element to the client."""
+        self._write(serialize(stanza))
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close the stream, with a stream error first if ``condition`` is given (RFC 6120 s4.4, s4.9)."""
+        if self.closed:
+            return
+        self._ensure_header()
+        data = stream_error(condition, text) if condition else b""
+        self.transport.write(data + STREAM_END)
+        self.closed = True
+        self.transport.loseConnection()
+
+    # Producer interface: the transport pauses us when its send buffer is full.
+    def pauseProducing(self) -> None:
+        self._congested = True
+        self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._congested = False
+
+    def stopProducing(self) -> None:
+        self._congested = False
+
+    # -- stream header and features ------------------------------------------------------------------------
+
+    def _ensure_header(self, domain: str | None = None) -> None:
+        if self._header_sent:
+            return
+        self._header_sent = True
+        self.transport.write(
+            stream_header(
+                content_ns=NS_CLIENT,
+                from_=domain or self.host or self.server.default_domain,
+                to=None,
+                id_=self.id,
+                lang=self.lang,
+            )
+        )
+
+    def _stream_start(self, attrs: dict[str, str]) -> None:
+        self._header_sent = False
+        to = (attrs.get("to") or "").lower().rstrip(".")
+        self.lang = attrs.get(XML_LANG, self.lang) or "en"
+        host = self.server.hosts.get(to)
+        if host is None:
+            self.host = None
+            self._ensure_header(self.server.default_domain)
+            raise StreamError("host-unknown", f"this server does not serve {to!r}" if to else "no 'to'")
+        if self.host is not None and host.name != self.host:
+            raise StreamError("host-unknown", "the domain may not change on a restart")
+        self.host = host.name
+        self._ensure_header()
+        version = attrs.get("version", "0.9")
+        if not version.startswith("1."):
+            raise StreamError("unsupported-version", "version 1.0 is required")
+        self.send(self._features(host))
+
+    def _features(self, host: Host) -> etree._Element:
+        """The stream features for the current state (RFC 6120 s4.3.2)."""
+        features = etree.Element(f"{{{NS_STREAMS}}}features", nsmap={"stream": NS_STREAMS})
+        if self.user is None:
+            if not self.tls:
+                starttls = add_child(features, NS_TLS, "starttls")
+                if self._tls_required():
+                    add_child(starttls, NS_TLS, "required")
+            if self.tls or not self._tls_required():
+                self._sasl = SASLNegotiation(
+                    self.server.accounts,
+                    host.name,
+                    tls_connection=self.transport.getHandle() if self.tls else None,
+                    send=self.send,
+                    on_success=self._authenticated,
+                    on_failure=self._auth_failed,
+                )
+                self._sasl.add_features(features)
+        elif not self.bound:
+            add_child(features, NS_BIND, "bind")
+            add_child(add_child(features, NS_SESSION, "session"), NS_SESSION, "optional")
+        host.bus.fire("stream-features", StreamFeaturesEvent(self, features))
+        return features
+
+    def _tls_required(self) -> bool:
+        return bool(self.server.config.get("tls", "required"))
+
+    # -- elements ------------------------------------------------------------------------------------------
+
+    def _element(self, el: etree._Element) -> None:
+        if self.bound:
+            if el.tag in STANZA_KINDS:
+                self.server.router.process(self, el)
+            else:
+                raise StreamError(
+                    "unsupported-stanza-type", f"<{etree.QName(el).localname}/> is not a stanza"
+                )
+            return
+        ns = etree.QName(el).namespace
+        if ns == NS_TLS:
+            self._starttls(el)
+        elif ns == NS_SASL:
+            self._sasl_element(el)
+        elif el.tag == "iq" and self.user is not None:
+            self._bind_phase_iq(el)
+        elif el.tag in STANZA_KINDS:
+            raise StreamError("not-authorized", "authenticate and bind a resource first")
+        else:
+            raise StreamError("unsupported-stanza-type", "unexpected element during negotiation")
+
+    def _starttls(self, el: etree._Element) -> None:
+        """RFC 6120 s5.4.2: <starttls/> -> <proceed/>, then TLS and a new stream."""
+        if self.tls or self.user is not None or etree.QName(el).localname != "starttls":
+            self.send(etree.Element(f"{{{NS_TLS}}}failure", nsmap={None: NS_TLS}))
+            self.close()
+            return
+        self.send(etree.Element(f"{{{NS_TLS}}}proceed", nsmap={None: NS_TLS}))
+        self.transport.startTLS(self.server.tls_context)
+        self.tls = True
+        self._restart()
+
+    def _sasl_element(self, el: etree._Element) -> None:
+        if self.user is not None:
+            raise StreamError("policy-violation", "already authenticated")
+        if self._sasl is None:
+            # s5.3.1: TLS is mandatory here and the client skipped it.
+            fail = etree.Element(f"{{{NS_SASL}}}failure", nsmap={None: NS_SASL})
+            add_child(fail, NS_SASL, "encryption-required")
+            self.send(fail)
+            return
+        if self._sasl.busy:
+            raise StreamError("policy-violation", "wait for the server's SASL answer")
+        self._sasl.handle(el)
+
+    def _authenticated(self, user: str) -> None:
+        self.user = user
+        log.info(
+            "c2s {id} from {peer}: authenticated as {user}@{host}",
+            id=self.id,
+            peer=self.peer,
+            user=user,
+            host=self.host,
+        )
+        self._restart()  # RFC 6120 s6.4.6: the client restarts the stream after <success/>
+
+    def _auth_failed(self, condition: str) -> None:
+        self._auth_failures += 1
+        self.server.fire_global("authentication-failed", self)
+        if self._auth_failures >= self.server.config.get("server", "max_failed_auth"):
+            # RFC 6120 s6.4.5: a configurable number of retries, then close.
+            self.close("policy-violation", "too many failed authentication attempts")
+
+    def _restart(self) -> None:
+        self._header_sent = False
+        self._parser.reset()
+
+    # -- resource binding (RFC 6120 s7) --------------------------------------------------------------------
+
+    def _bind_phase_iq(self, iq: etree._Element) -> None:
+        child = next((c for c in iq if isinstance(c.tag, str)), None)
+        if iq.get("type") == "set" and child is not None and child.tag == f"{{{NS_BIND}}}bind":
+            self._bind(iq, child)
+        elif iq.get("type") == "set" and child is not None and child.tag == f"{{{NS_SESSION}}}session":
+            self.send(make_result(iq))  # RFC 3921 s3 session establishment: a no-op since RFC 6121
+        else:
+            raise StreamError("not-authorized", "bind a resource first")
+
+    def _bind(self, iq: etree._Element, bind: etree._Element) -> None:
+        requested = bind.findtext(f"{{{NS_BIND}}}resource")
+        resource = None
+        if requested is not None and requested.strip():
+            try:
+                resource = prep_resource(requested)
+            except JIDError:
+                self.send(make_error(iq, "bad-request", text="invalid resource"))  # s7.7.2.1
+                return
+        bare = JID(self.user, self.host)
+        try:
+            full, replaced = self.server.sessions.bind(self, bare, resource)
+        except ResourceLimit:
+            self.send(make_error(iq, "resource-constraint", text="too many sessions"))  # s7.6.2.1
+            return
+        if replaced is not None:
+            replaced.close("conflict", "replaced by a new session")  # s7.7.2.2
+        self.bound = True
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        result = make_result(iq)
+        result.attrib.pop("from", None)
+        add_child(add_child(result, NS_BIND, "bind"), NS_BIND, "jid", str(full))
+        self.send(result)
+        self.transport.registerProducer(self, True)
+        log.info("c2s {id} from {peer}: session {jid} started", id=self.id, peer=self.peer, jid=full)
+        self.server.session_started(self)
+
+    def _stream_end(self) -> None:
+        """The client closed the stream (RFC 6120 s4.4): answer with our closing tag and disconnect."""
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<C2SStream {self.id} {self.jid or self.peer}>"
+
+
+class StreamFeaturesEvent:
+    """Fired as ``stream-features`` while features are offered; plugins may add children to ``features``."""
+
+    def __init__(self, stream: C2SStream, features: etree._Element) -> None:
+        self.stream = stream
+        self.features = features
+
+
+class C2SFactory(Factory):
+    """Makes a C2SStream per accepted connection."""
+
+    noisy = False
+
+    def __init__(self, server: XMPPServer, *, direct_tls: bool = False) -> None:
+        self.server = server
+        self.direct_tls = direct_tls
+
+    def buildProtocol(self, addr: object) -> C2SStream:
+        stream = C2SStream(self.server, direct_tls=self.direct_tls)
+        stream.factory = self
+        return stream

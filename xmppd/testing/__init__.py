@@ -1,0 +1,295 @@
+"""Test helpers for xmppd and for plugin authors.
+
+Two kinds of server:
+
+* ``MemoryServer``: the whole server in the test process on a ``MemoryReactorClock`` and memory storage,
+  with clients on in-memory transports. Clients negotiate for real (stream header, SCRAM-SHA-256, resource
+  binding); only TLS is left out. Fast and deterministic: time moves with ``advance()``.
+* ``ServerProcess`` (xmppd.testing.process): ``twistd xmppd`` in a subprocess on loopback ports, for real
+  clients such as slixmpp.
+
+The pytest plugin (xmppd.testing.pytest_plugin, registered on install) provides the fixtures ``xmpp``
+(a MemoryServer) and ``xmpp_process`` (a ServerProcess factory).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from lxml import etree
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from xmppd import config as config_module
+from xmppd.jid import parse_jid
+from xmppd.plugin import Plugin
+from xmppd.sasl.scram import derive_credentials
+from xmppd.server import XMPPServer
+from xmppd.storage.memory import MemoryStorage
+from xmppd.stream.c2s import C2SFactory
+from xmppd.xml.parser import StreamParser
+from xmppd.xml.writer import serialize
+
+NS_CLIENT = "jabber:client"
+HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+    " to='{domain}' version='1.0'>"
+)
+ANY = "{any}"
+
+
+class ExpectationError(AssertionError):
+    """A client did not receive what the test expected."""
+
+
+class MemoryServer:
+    """A server on a memory reactor. ``plugins`` are Plugin classes made available besides the installed
+    ones (tests define plugins inline this way); ``enabled`` is the [plugins] enabled list."""
+
+    def __init__(
+        self,
+        *,
+        domains: Iterable[str] = ("localhost",),
+        enabled: Iterable[str] | None = None,
+        plugins: Iterable[type[Plugin]] = (),
+        options: dict[str, dict[str, Any]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        data: dict[str, Any] = {
+            "server": {"domains": list(domains)},
+            "tls": {"required": False},
+            "storage": {"backend": "memory"},
+        }
+        plugins_table: dict[str, Any] = {}
+        if enabled is not None:
+            plugins_table["enabled"] = list(enabled)
+        plugins_table.update(options or {})
+        if plugins_table:
+            data["plugins"] = plugins_table
+        for section, values in (config or {}).items():
+            data.setdefault(section, {}).update(values)
+        self.clock = MemoryReactorClock()
+        self.config = config_module.parse(data, "(test)")
+        self.server = XMPPServer(
+            self.config, reactor=self.clock, storage=MemoryStorage(), plugin_classes=tuple(plugins)
+        )
+        self.server.startService()
+        self.clients: list[TestClient] = []
+
+    def adduser(self, jid: str, password: str = "password") -> None:
+        """Create an account at once (credentials derived here, synchronously, with few iterations)."""
+        account = parse_jid(jid)
+        creds = {
+            name: derive_credentials(password, name, iterations=16).to_dict() for name in ("SHA-1", "SHA-256")
+        }
+        self.server.storage.set(account.domain, "accounts", account.local, {"scram": creds})
+
+    def connect(self) -> TestClient:
+        """A client connection that has not negotiated anything yet."""
+        client = TestClient(self)
+        self.clients.append(client)
+        return client
+
+    def login(
+        self, jid: str, password: str = "password", *, create: bool = True, available: bool = False
+    ) -> TestClient:
+        """A client logged in as ``jid`` (user@domain/resource; the account is created unless
+        ``create=False``). With ``available=True`` it sends initial presence and reads its echo."""
+        full = parse_jid(jid)
+        if create:
+            self.adduser(str(full.bare), password)
+        client = self.connect()
+        client.authenticate(full.local, full.domain, password, full.resource)
+        if available:
+            client.send("<presence/>")
+            client.expect("<presence/>")
+        return client
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.disconnect()
+        self.server.stopService()
+
+
+class TestClient:
+    """A client on an in-memory transport: ``send`` XML, ``expect`` what comes back."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, server: MemoryServer) -> None:
+        self.memory = server
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(server.clients))
+        )
+        self.stream = C2SFactory(server.server).buildProtocol(None)
+        self.stream.makeConnection(self.transport)
+        self.jid: str | None = None
+        self.inbox: list[etree._Element] = []
+        self.stream_errors: list[str] = []
+        self.closed_by_server = False
+        self._lost = False
+        self._parser = self._client_parser()
+
+    def _client_parser(self) -> StreamParser:
+        return StreamParser(
+            lambda attrs: None,
+            self._received,
+            self._stream_end,
+            content_ns=NS_CLIENT,
+            max_stanza_size=10 * 1024 * 1024,
+        )
+
+    def _received(self, el: etree._Element) -> None:
+        if el.tag == "{http://etherx.jabber.org/streams}error":
+            self.stream_errors.extend(
+                etree.QName(c).localname for c in el if etree.QName(c).localname != "text"
+            )
+        self.inbox.append(el)
+
+    def _stream_end(self) -> None:
+        self.closed_by_server = True
+
+    # -- raw I/O -----------------------------------------------------------------------------------------
+
+    def send_raw(self, data: bytes | str) -> None:
+        self.stream.dataReceived(data.encode() if isinstance(data, str) else data)
+        self._pump()
+
+    def send(self, stanza: str | etree._Element) -> None:
+        """Send a stanza (XML text in the jabber:client namespace, or an element)."""
+        self.send_raw(stanza if isinstance(stanza, str) else serialize(stanza))
+
+    def _pump(self) -> None:
+        data = self.transport.value()
+        self.transport.clear()
+        if data:
+            self._parser.feed(data)
+        if self.transport.disconnecting and not self._lost:
+            self._lost = True  # the server closed the connection: deliver connectionLost as a reactor would
+            self.stream.connectionLost(None)
+
+    @property
+    def connected(self) -> bool:
+        return not self.transport.disconnecting
+
+    def disconnect(self) -> None:
+        """Drop the connection without closing the stream (like a lost TCP connection)."""
+        if not self._lost:
+            self._lost = True
+            self.stream.connectionLost(None)
+
+    # -- negotiation -------------------------------------------------------------------------------------
+
+    def open_stream(self, domain: str) -> etree._Element:
+        """Send a stream header; returns the <stream:features/>."""
+        self._parser = self._client_parser()
+        self.send_raw(HEADER.format(domain=domain))
+        return self.next()
+
+    def authenticate(self, user: str, domain: str, password: str, resource: str | None) -> None:
+        """SCRAM-SHA-256 (RFC 7677) and resource binding (RFC 6120 s7), as a real client does."""
+        self.open_stream(domain)
+        nonce = secrets.token_urlsafe(18)
+        first_bare = f"n={user},r={nonce}"
+        self.send(_sasl("auth", b"n,," + first_bare.encode(), mechanism="SCRAM-SHA-256"))
+        challenge = self.next()
+        server_first = base64.b64decode(challenge.text).decode()
+        attrs = dict(item.split("=", 1) for item in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
+        )
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        final_bare = f"c=biws,r={attrs['r']}"
+        auth_message = f"{first_bare},{server_first},{final_bare}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+        self.send(_sasl("response", f"{final_bare},p={proof}".encode()))
+        outcome = self.next()
+        if etree.QName(outcome).localname != "success":
+            raise ExpectationError(f"authentication failed: {serialize(outcome).decode()}")
+        self.open_stream(domain)
+        resource_xml = f"<resource>{resource}</resource>" if resource else ""
+        self.send(
+            f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{resource_xml}"
+            "</bind></iq>"
+        )
+        bound = self.next()
+        if bound.get("type") != "result":
+            raise ExpectationError(f"bind failed: {serialize(bound).decode()}")
+        self.jid = bound.findtext(".//{urn:ietf:params:xml:ns:xmpp-bind}jid")
+
+    # -- expectations ------------------------------------------------------------------------------------
+
+    def next(self) -> etree._Element:
+        """The next element received; ExpectationError if there is none."""
+        self._pump()
+        if not self.inbox:
+            raise ExpectationError("nothing received")
+        return self.inbox.pop(0)
+
+    def expect(self, pattern: str | etree._Element) -> etree._Element:
+        """The next stanza must match ``pattern``: same name, every attribute of the pattern present with
+        the same value (``{any}`` accepts any value), the pattern's text if it has some, and the pattern's
+        children matched in order among the stanza's children (extra children and attributes are fine)."""
+        expected = parse_pattern(pattern) if isinstance(pattern, str) else pattern
+        received = self.next()
+        if not matches(expected, received):
+            raise ExpectationError(
+                f"expected {serialize(expected).decode()}\n     got {serialize(received).decode()}"
+            )
+        return received
+
+    def expect_nothing(self) -> None:
+        self._pump()
+        if self.inbox:
+            raise ExpectationError(f"expected nothing, got {serialize(self.inbox[0]).decode()}")
+
+    def request(self, stanza: str) -> etree._Element:
+        """Send an iq and return the next stanza received (its answer, in a quiet test)."""
+        self.send(stanza)
+        return self.next()
+
+
+def _sasl(name: str, data: bytes, **attrs: str) -> etree._Element:
+    ns = "urn:ietf:params:xml:ns:xmpp-sasl"
+    el = etree.Element(f"{{{ns}}}{name}", nsmap={None: ns}, **attrs)
+    el.text = base64.b64encode(data).decode() or "="
+    return el
+
+
+def parse_pattern(xml: str) -> etree._Element:
+    """Parse a stanza written in a test as it would appear on a c2s stream (jabber:client default)."""
+    parser = StreamParser(lambda a: None, lambda el: result.append(el), lambda: None, content_ns=NS_CLIENT)
+    result: list[etree._Element] = []
+    parser.feed(HEADER.format(domain="x").encode() + xml.encode())
+    if len(result) != 1:
+        raise ValueError(f"a pattern is one element, got {len(result)}: {xml}")
+    return result[0]
+
+
+def matches(expected: etree._Element, actual: etree._Element) -> bool:
+    if expected.tag != actual.tag:
+        return False
+    for key, value in expected.attrib.items():
+        got = actual.get(key)
+        if got is None or (value != ANY and got != value):
+            return False
+    if expected.text and expected.text.strip() and (actual.text or "").strip() != expected.text.strip():
+        return False
+    children = [c for c in actual if isinstance(c.tag, str)]
+    position = 0
+    for want in (c for c in expected if isinstance(c.tag, str)):
+        while position < len(children) and not matches(want, children[position]):
+            position += 1
+        if position == len(children):
+            return False
+        position += 1
+    return True
