@@ -173,7 +173,9 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     for name, keys in SCHEMA.items():
         given = data.get(name, {})
         if not isinstance(given, dict):
-            raise ConfigError(f"expected a table [{name}]", path=path, key=f"[{name}]")
+            raise ConfigError(
+                f"expected a table [{name}]", path=path, key=f"[{name}]", fix=f"write the keys under [{name}]"
+            )
         values = {}
         for key, value in given.items():
             if key not in keys:
@@ -240,7 +242,9 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
 
 def _parse_plugins(given: Any, path: str | None) -> PluginsConfig:
     if not isinstance(given, dict):
-        raise ConfigError("expected a table [plugins]", path=path, key="[plugins]")
+        raise ConfigError(
+            "expected a table [plugins]", path=path, key="[plugins]", fix='[plugins] enabled = ["disco"]'
+        )
     result = PluginsConfig()
     for key, value in given.items():
         if key == "enabled":
@@ -263,14 +267,22 @@ def _parse_plugins(given: Any, path: str | None) -> PluginsConfig:
 
 def _parse_hosts(given: Any, path: str | None, domains: list[str]) -> dict[str, HostConfig]:
     if not isinstance(given, dict):
-        raise ConfigError("expected a table [hosts]", path=path, key="[hosts]")
+        raise ConfigError(
+            "expected a table [hosts]", path=path, key="[hosts]", fix='[hosts."example.org"] plugins = [...]'
+        )
+    from xmppd.jid import JIDError, prep_domain
+
     hosts = {}
-    for domain, table in given.items():
-        where = f'[hosts."{domain}"]'
+    for name, table in given.items():
+        where = f'[hosts."{name}"]'
+        try:
+            domain = prep_domain(name)
+        except JIDError:
+            domain = name
         if domain not in domains:
             raise ConfigError("not a served domain", path=path, key=where, fix="add it to [server] domains")
         if not isinstance(table, dict):
-            raise ConfigError("expected a table", path=path, key=where)
+            raise ConfigError("expected a table", path=path, key=where, fix=f"{where} plugins = [...]")
         host = HostConfig()
         for key, value in table.items():
             if key == "plugins":

@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.protocols import amp
 
 from xmppd.accounts import AccountError
 from xmppd.config import ConfigError
 from xmppd.jid import JIDError, parse_jid
+from xmppd.log import logger
 from xmppd.plugin import PluginError
 
 if TYPE_CHECKING:
     from xmppd.server import XMPPServer
 
-log = Logger(namespace="xmppd.control")
+log = logger("xmppd.control")
 
 
 class Call(amp.Command):

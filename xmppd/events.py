@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-log = Logger(namespace="xmppd.events")
+from xmppd.log import logger
+
+log = logger("xmppd.events")
 
 Handler = Callable[[Any], Any]
 

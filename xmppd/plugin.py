@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from lxml import etree
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from xmppd.config import Config, ConfigError
+from xmppd.log import logger
 
 if TYPE_CHECKING:
     from xmppd.server import Host, XMPPServer
 
 ENTRY_POINT_GROUP = "xmppd.plugins"
-log = Logger(namespace="xmppd.plugins")
+log = logger("xmppd.plugins")
 
 
 class PluginError(Exception):
@@ -136,7 +136,7 @@ class Context:
         self.plugin = plugin
         self.name = plugin.name
         self.options = options
-        self.log = Logger(namespace=f"xmppd.plugin.{plugin.name}")
+        self.log = logger(f"xmppd.plugin.{plugin.name}")
         self.clock = self.server.clock
         self.sessions = self.server.sessions
         self._cleanups: list[Callable[[], None]] = []

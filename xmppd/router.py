@@ -23,17 +23,25 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import Logger
 
 from xmppd.events import EventBus, HandlerFailure
 from xmppd.jid import JID, JIDError, parse_jid
-from xmppd.xml.stanza import IQ_TYPES, MESSAGE_TYPES, PRESENCE_TYPES, make_error, make_result, payload_key
+from xmppd.log import logger
+from xmppd.xml.stanza import (
+    IQ_TYPES,
+    MESSAGE_TYPES,
+    PRESENCE_TYPES,
+    XML_LANG,
+    make_error,
+    make_result,
+    payload_key,
+)
 
 if TYPE_CHECKING:
     from xmppd.server import Host, XMPPServer
     from xmppd.sessions import Session
 
-log = Logger(namespace="xmppd.router")
+log = logger("xmppd.router")
 
 MAX_PENDING_IQS = 10000
 
@@ -122,6 +130,8 @@ class Router:
         elif type_ is not None and type_ not in PRESENCE_TYPES:
             raise StanzaRejected("bad-request", f"unknown presence type {type_!r}")
         stanza.set("from", str(session.jid))
+        if XML_LANG not in stanza.attrib and session.lang:
+            stanza.set(XML_LANG, session.lang)  # RFC 6120 s8.1.5: the stream's default language
         to = stanza.get("to")
         if to is None:
             return session.jid.bare

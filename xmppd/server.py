@@ -9,7 +9,6 @@ every listener synchronously, so a port in use is a ConfigError at start-up, not
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
@@ -26,13 +24,14 @@ from xmppd.accounts import Accounts
 from xmppd.config import Config, ConfigError
 from xmppd.delivery import CoreDelivery
 from xmppd.events import EventBus
+from xmppd.log import logger, set_level
 from xmppd.plugin import PluginManager
 from xmppd.router import Router
 from xmppd.sessions import SessionManager
 from xmppd.storage import open_storage
 from xmppd.stream.c2s import C2SFactory
 
-log = Logger(namespace="xmppd.server")
+log = logger("xmppd.server")
 
 
 class Host:
@@ -74,6 +73,7 @@ class XMPPServer(MultiService):
     ) -> None:
         super().__init__()
         self.config = config
+        set_level(config.get("logging", "level"))
         self.reactor = reactor
         self.clock = reactor
         self.tls_context = tls_context
@@ -232,11 +232,13 @@ class XMPPServer(MultiService):
         except ConfigError as e:
             log.error("configuration not reloaded: {error}", error=str(e))
             raise
-        for section in ("server", "listen", "tls", "storage"):
+        for section in ("server", "listen", "tls", "storage"):  # [logging] applies at once
             if new.sections[section] != self.config.sections[section]:
                 log.warn("[{section}] changed; restart xmppd to apply it", section=section)
         self.config.plugins = new.plugins
         self.config.hosts = new.hosts
+        self.config.sections["logging"] = new.sections["logging"]
+        set_level(new.get("logging", "level"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no plugin changes")
         return changes
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 from lxml import etree
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from xmppd.jid import JID, JIDError, prep_resource
+from xmppd.jid import JID, JIDError, prep_domain, prep_resource
+from xmppd.log import logger
 from xmppd.sessions import ResourceLimit
 from xmppd.stream.sasl import NS_SASL, SASLNegotiation
 from xmppd.xml.parser import NS_STREAMS, NS_XML, StreamError, StreamParser
@@ -41,7 +41,7 @@ XML_LANG = f"{{{NS_XML}}}lang"
 # Bytes a client may leave unread in our output buffer before it is disconnected.
 MAX_OUTPUT_BACKLOG = 2 * 1024 * 1024
 
-log = Logger(namespace="xmppd.c2s")
+log = logger("xmppd.c2s")
 
 
 @implementer(IPushProducer)
@@ -180,7 +180,10 @@ class C2SStream(Protocol):
 
     def _stream_start(self, attrs: dict[str, str]) -> None:
         self._header_sent = False
-        to = (attrs.get("to") or "").lower().rstrip(".")
+        try:
+            to = prep_domain(attrs.get("to") or "")
+        except JIDError:
+            to = attrs.get("to") or ""
         self.lang = attrs.get(XML_LANG, self.lang) or "en"
         host = self.server.hosts.get(to)
         if host is None:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import Logger
 
 from xmppd.jid import JIDError, prep_local
+from xmppd.log import logger
 from xmppd.sasl.channel_binding import tls_channel_bindings
 from xmppd.sasl.errors import SASLError
 from xmppd.sasl.plain import parse_plain
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"
 
-log = Logger(namespace="xmppd.sasl")
+log = logger("xmppd.sasl")
 
 
 class SASLNegotiation:

@@ -80,7 +80,7 @@ STREAM_ERROR_CONDITIONS = frozenset(
     }
 )
 
-_STREAM_TAG = "{%s}stream" % NS_STREAMS
+_STREAM_TAG = f"{{{NS_STREAMS}}}stream"
 _EVENTS = ("start", "end", "comment", "pi")
 
 # Larger feeds are cut into slices of this size, so that the stanza size limit overshoots by at most
@@ -99,11 +99,18 @@ _ENDED = 1
 _FAILED = 2
 _CLOSED = 3
 
-# Values of StreamParser._tag_state (where the last byte fed at depth 1 sits, see _pending_at_top).
-_QUIET = 0
-_IN_TAG = 1
-_IN_APOS = 2
-_IN_QUOT = 3
+# Values of StreamParser._top_state: what libxml2 may be waiting for between stanzas (depth 1), see
+# _pending_at_top().
+_QUIET = 0  # nothing: every byte fed was consumed
+_IN_TAG = 1  # the ">" of a tag
+_IN_APOS = 2  # the ' closing an attribute value of a tag
+_IN_QUOT = 3  # the " closing an attribute value of a tag
+_IN_OTHER = 4  # the terminator (self._term) of a comment, CDATA section, PI or declaration
+_IN_REF = 5  # the ";" of an entity or character reference
+_PARTIAL = 6  # more bytes, to tell what the "<", "<!", "<![CD"... in self._carry starts
+
+# Markup that libxml2 buffers whole until its terminator arrives.
+_OPENERS = ((b"<!--", b"-->"), (b"<![CDATA[", b"]]>"), (b"<?", b"?>"))
 
 
 class StreamError(Exception):
@@ -155,7 +162,7 @@ class StreamParser:
         self._on_stanza = on_stanza
         self._on_stream_end = on_stream_end
         self.content_ns = content_ns
-        self._ns_prefix = "{%s}" % content_ns
+        self._ns_prefix = f"{{{content_ns}}}"
         self._ns_star = self._ns_prefix + "*"
         self.max_stanza_size = max_stanza_size
         self.max_depth = max_depth
@@ -182,7 +189,9 @@ class StreamParser:
         self._root: etree._Element | None = None
         self._depth = 0  # open elements, the stream root included
         self._pending = 0  # bytes fed since the last point known to be between stanzas
-        self._tag_state = _QUIET
+        self._top_state = _QUIET
+        self._term = b""  # terminator awaited in state _IN_OTHER
+        self._carry = b""  # last bytes fed, for openers and terminators split between feeds
         self._prolog: bytearray | None = bytearray()  # bytes seen before the root's start tag
         self._prolog_pos = 0
         self._state = _OPEN
@@ -274,20 +283,24 @@ class StreamParser:
             parser.feed(data)
         except etree.XMLSyntaxError as exc:
             error = exc
-        completed = self._process(parser)
+        progressed = self._process(parser)
         if self._parser is not parser or self._state != _OPEN:
             return  # reset(), close() or end of stream inside a callback: forget the rest
         if error is not None:
             raise StreamError("not-well-formed", str(error)) from error
         if self._depth == 1:
-            self._pending = self._pending_at_top(data)
-        elif completed:
+            self._pending = self._pending_at_top(data, progressed)
+        elif progressed:
             self._pending = 0
         if self._pending > self.max_stanza_size:
             raise StreamError("policy-violation", f"stanza larger than {self.max_stanza_size} bytes")
 
     def _process(self, parser: etree.XMLPullParser) -> bool:
-        """Dispatch the parser's pending events; return whether a first-level element completed."""
+        """Dispatch the parser's pending events.
+
+        Returns whether the stream started or a first-level element completed: libxml2 then got past
+        everything fed before that point.
+        """
         depth = self._depth
         root = self._root
         max_open = self.max_depth + 1
@@ -335,6 +348,7 @@ class StreamParser:
                     if depth == 1:
                         self._start_stream(el)
                         root = el
+                        completed = True
                         self._depth = depth
                         self._on_stream_start(dict(el.attrib))
                         if self._parser is not parser:
@@ -431,41 +445,104 @@ class StreamParser:
             pos = end + 2
         self._prolog_pos = pos
 
-    def _pending_at_top(self, data: bytes) -> int:
-        """Bytes that may belong to an unfinished first-level tag, at depth 1 after a feed.
+    def _pending_at_top(self, data: bytes, progressed: bool) -> int:
+        """Return how many bytes libxml2 may still hold unparsed, at depth 1 after feeding ``data``.
 
-        Between stanzas libxml2 buffers only an unfinished tag (character data is handed over at
-        once, and cleared by :meth:`_process`).  ``<`` cannot occur unescaped in character data or
-        attribute values, so the last ``<`` fed starts the newest tag; a ``>`` outside quotes after
-        it closes the tag.  The quote state carries over between feeds.
+        Between stanzas libxml2 hands character data over at once (and :meth:`_process` drops it),
+        but it buffers a tag, comment, CDATA section, processing instruction or reference until its
+        terminator arrives, without any limit of its own (measured: 90 MB for an open comment).
+        Those bytes count against ``max_stanza_size``; whitespace keepalives do not.
+
+        ``<`` cannot occur unescaped in character data or attribute values, so the last ``<`` fed
+        starts the newest tag, and a ``>`` outside quotes after it closes the tag.  Comments, PIs and
+        CDATA sections, which may contain ``<`` and ``>``, are recognised by opener and terminator;
+        a ``&`` not followed by ``;`` is an unfinished reference.  libxml2 waits at the earliest
+        unfinished construct.  What is awaited carries over between feeds, unless libxml2 made
+        progress (``progressed``: an element completed), which proves it got past it.
         """
-        lt = data.rfind(b"<")
+        state = _QUIET if progressed else self._top_state
+        start = 0
+        if state == _PARTIAL:
+            data = self._carry + data
+        elif state != _QUIET:
+            end = self._construct_end(state, data)
+            if end < 0:
+                return self._pending
+            start = end
+        first = self._first_unfinished(data, start)
+        return 0 if first < 0 else len(data) - first
+
+    def _construct_end(self, state: int, data: bytes) -> int:
+        """Continue the construct awaited since an earlier feed; return the index just after its end
+        in ``data``, or -1 (and remember the progress) when it is still unfinished."""
+        if state == _IN_REF:
+            semicolon = data.find(b";")
+            return -1 if semicolon < 0 else semicolon + 1
+        if state == _IN_OTHER:
+            term = self._term
+            buf = self._carry + data
+            found = buf.find(term)
+            if found < 0:
+                self._carry = buf[len(buf) - (len(term) - 1) :]
+                return -1
+            return found + len(term) - (len(buf) - len(data))
+        state, end = _scan_tag(data, 0, state)
+        self._top_state = state
+        return end
+
+    def _first_unfinished(self, data: bytes, start: int) -> int:
+        """Find the earliest construct in ``data[start:]`` that libxml2 cannot finish yet; set
+        ``_top_state`` (and ``_term``, ``_carry``) for it and return its index, or -1."""
+        first = -1
+        state = _QUIET
+        lt = data.rfind(b"<", start)
         if lt >= 0:
-            state = _IN_TAG
-            pos = lt + 1
-            pending = len(data) - lt
-        else:
-            state = self._tag_state
-            pos = 0
-            pending = self._pending
-            if state == _QUIET:
-                return 0
-        while True:
-            if state == _IN_TAG:
-                match = _TAG_SCAN.search(data, pos)
-                if match is None:
-                    break
-                pos = match.end()
-                char = data[pos - 1]
-                if char == 0x3E:  # ">"
-                    state = _QUIET
-                    break
-                state = _IN_APOS if char == 0x27 else _IN_QUOT
-            else:
-                end = data.find(b"'" if state == _IN_APOS else b'"', pos)
+            nxt = data[lt + 1 : lt + 2]
+            head = data[lt : lt + 9]
+            if not nxt or (
+                nxt == b"!" and len(head) < 9 and (b"<!--".startswith(head) or b"<![CDATA[".startswith(head))
+            ):
+                first, state, self._carry = lt, _PARTIAL, head  # too short to tell what it opens
+            elif nxt == b"!":
+                if not head.startswith((b"<!--", b"<![CDATA[")) and data.find(b">", lt) < 0:
+                    first, state, self._term, self._carry = lt, _IN_OTHER, b">", b""  # <!DOCTYPE...
+            elif nxt != b"?":
+                tag_state, end = _scan_tag(data, lt + 1, _IN_TAG)
                 if end < 0:
-                    break
-                pos = end + 1
-                state = _IN_TAG
-        self._tag_state = state
-        return 0 if state == _QUIET else pending
+                    first, state = lt, tag_state
+        for opener, term in _OPENERS:
+            closed = data.rfind(term, start)
+            found = data.find(opener, start if closed < 0 else closed + len(term))
+            if found >= 0 and (first < 0 or found < first):
+                first, state, self._term = found, _IN_OTHER, term
+                self._carry = data[len(data) - (len(term) - 1) :]
+        semicolon = data.rfind(b";", start)
+        cdata_end = data.rfind(b"]]>", start)  # "]]>" cannot occur in character data: "&" is in CDATA
+        amp = data.find(b"&", max(start, semicolon + 1, cdata_end + 3 if cdata_end >= 0 else 0))
+        if amp >= 0 and (first < 0 or amp < first):
+            first, state = amp, _IN_REF
+        self._top_state = state
+        return first
+
+
+def _scan_tag(data: bytes, pos: int, state: int) -> tuple[int, int]:
+    """Follow a tag through ``data`` from ``pos`` in ``state`` (_IN_TAG, _IN_APOS or _IN_QUOT).
+
+    Returns ``(_QUIET, index after its ">")`` when the tag ends, else ``(state at the end, -1)``.
+    """
+    while True:
+        if state == _IN_TAG:
+            match = _TAG_SCAN.search(data, pos)
+            if match is None:
+                return state, -1
+            pos = match.end()
+            char = data[pos - 1]
+            if char == 0x3E:  # ">"
+                return _QUIET, pos
+            state = _IN_APOS if char == 0x27 else _IN_QUOT
+        else:
+            end = data.find(b"'" if state == _IN_APOS else b'"', pos)
+            if end < 0:
+                return state, -1
+            pos = end + 1
+            state = _IN_TAG

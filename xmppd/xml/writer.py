@@ -76,8 +76,8 @@ def make_element(name: str, attrib: Mapping[str, str] | None = None, ns: str | N
     if ns is None:
         return etree.Element(name, attrib)
     if ns == NS_STREAMS:  # stream-level elements keep the conventional "stream:" prefix (s4.8.5)
-        return etree.Element("{%s}%s" % (ns, name), attrib, nsmap={"stream": ns})
-    return etree.Element("{%s}%s" % (ns, name), attrib, nsmap={None: ns})
+        return etree.Element(f"{{{ns}}}{name}", attrib, nsmap={"stream": ns})
+    return etree.Element(f"{{{ns}}}{name}", attrib, nsmap={None: ns})
 
 
 def make_child(
@@ -95,8 +95,8 @@ def make_child(
         if ptag[0] == "{":
             raise ValueError(f"an un-namespaced <{name}/> cannot be placed inside {ptag}")
         return etree.SubElement(parent, name, attrib)
-    tag = "{%s}%s" % (ns, name)
-    if ptag.startswith("{%s}" % ns):
+    tag = f"{{{ns}}}{name}"
+    if ptag.startswith(f"{{{ns}}}"):
         return etree.SubElement(parent, tag, attrib)
     return etree.SubElement(parent, tag, attrib, nsmap={None: ns})
 
@@ -106,7 +106,7 @@ def qualify(el: etree._Element, ns: str = "jabber:client") -> etree._Element:
     ``ns`` (declared as default), for embedding it inside a payload: XEP-0297 requires a forwarded
     stanza to be qualified by ``jabber:client`` and clients parse it without the stream's default.
     ``el`` itself is left untouched; already namespaced elements are copied as they are."""
-    return _qualified_copy(el, None, "{%s}" % ns, ns)
+    return _qualified_copy(el, None, f"{{{ns}}}", ns)
 
 
 def _qualified_copy(
@@ -131,7 +131,8 @@ def _qualified_copy(
 
 
 def _attr(name: str, value: str) -> str:
-    return " %s='%s'" % (name, _NOT_XML_CHAR.sub("\ufffd", value).translate(_ATTR_ESCAPES))
+    escaped = _NOT_XML_CHAR.sub("\ufffd", value).translate(_ATTR_ESCAPES)
+    return f" {name}='{escaped}'"
 
 
 def stream_header(
@@ -167,10 +168,8 @@ def stream_error(condition: str, text: str | None = None) -> bytes:
     (s4.9.2).  The caller then writes :data:`STREAM_END` and closes the connection (s4.9.1.1)."""
     if condition not in STREAM_ERROR_CONDITIONS:
         raise ValueError(f"not an RFC 6120 stream error condition: {condition!r}")
-    out = "<stream:error><%s xmlns='%s'/>" % (condition, NS_STREAM_ERRORS)
+    out = f"<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>"
     if text is not None:
-        out += "<text xmlns='%s'>%s</text>" % (
-            NS_STREAM_ERRORS,
-            _NOT_XML_CHAR.sub("\ufffd", text).translate(_TEXT_ESCAPES),
-        )
+        escaped = _NOT_XML_CHAR.sub("\ufffd", text).translate(_TEXT_ESCAPES)
+        out += f"<text xmlns='{NS_STREAM_ERRORS}'>{escaped}</text>"
     return (out + "</stream:error>").encode("utf-8")
