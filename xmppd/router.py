@@ -157,11 +157,12 @@ class Router:
     # -- any stanza ------------------------------------------------------------------------------------
 
     def route(self, stanza: etree._Element) -> None:
-        """Route a stanza the server itself produced (a reply, a plugin's message); ``from`` and ``to``
-        must be set. Invalid addresses are logged and the stanza dropped."""
+        """Route a stanza the server itself produced (a reply, a plugin's message); ``to`` must be set.
+        No ``from`` means from the addressee's own account (RFC 6120 s8.1.2.1), as in a reply to an iq
+        a client sent without ``to``. Invalid addresses are logged and the stanza dropped."""
         try:
-            from_ = parse_jid(stanza.get("from") or "")
             to = parse_jid(stanza.get("to") or "")
+            from_ = parse_jid(stanza.get("from")) if stanza.get("from") else to.bare
         except JIDError as e:
             log.warn("dropping a server stanza with a bad address: {error}", error=e)
             return

@@ -128,11 +128,17 @@ class XMPPServer(MultiService):
         path = str(self.control_socket(self.config).resolve()).replace(":", "\\:")
         return f"unix:{path}:mode=600:lockfile=1"
 
-    def privilegedStartService(self) -> None:
+    def bind_listeners(self) -> None:
+        """Bind every configured listener now (idempotent). ConfigError, with nothing left bound, if one
+        cannot be bound. xmppd.tap calls this before twistd starts logging, so the error is one line."""
+        if self.ports:
+            return
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         for kind, desc, factory in self.listeners():
             self._listen(kind, desc, factory)
-        self._write_listeners_file()
+
+    def privilegedStartService(self) -> None:
+        self.bind_listeners()
         super().privilegedStartService()
 
     def _listen(self, kind: str, desc: str, factory: Any) -> None:
@@ -184,6 +190,8 @@ class XMPPServer(MultiService):
         self.started_at = self.reactor.seconds()
         self.storage.start().addErrback(self._storage_failed)
         self.plugins.load_all()
+        if self.ports:
+            self._write_listeners_file()  # written last: its presence says the server is ready
         log.info("xmppd serving {domains}", domains=", ".join(self.hosts))
 
     def _storage_failed(self, failure: Any) -> None:

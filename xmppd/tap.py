@@ -24,7 +24,8 @@ class Options(usage.Options):
 
 
 class _Launcher(MultiService):
-    """Wraps the server so twistd's start-up steps turn ConfigError into a one-line exit."""
+    """Wraps the server so twistd's start-up steps turn ConfigError into an exit (listeners are bound in
+    makeService already, before logging starts; this covers anything later)."""
 
     def __init__(self, server: Any) -> None:
         super().__init__()
@@ -65,7 +66,9 @@ def build(config_path: str | None, reactor: Any) -> Any:
     else:
         cert, key = ensure_self_signed(config.data_dir, config.domains)
     tls_context = context_factory(cert, key, config.path)
-    return XMPPServer(config, reactor=reactor, tls_context=tls_context)
+    server = XMPPServer(config, reactor=reactor, tls_context=tls_context)
+    server.bind_listeners()
+    return server
 
 
 def makeService(options: Options) -> MultiService:

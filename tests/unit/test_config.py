@@ -337,7 +337,7 @@ def test_invalid_toml(tmp_path):
 
 def test_duplicate_key_is_invalid_toml(tmp_path):
     path = tmp_path / "dup.toml"
-    path.write_text('[tls]\nrequired = true\nrequired = false\n')
+    path.write_text("[tls]\nrequired = true\nrequired = false\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(str(path))
 

@@ -29,7 +29,9 @@ def test_uptime_of_the_server_follows_the_clock(xmpp):
     alice = xmpp.login("alice@localhost/phone")
     xmpp.advance(42)
     alice.send(LAST.format(id="u1", to="localhost"))
-    alice.expect("<iq type='result' id='u1' from='localhost'><query xmlns='jabber:iq:last' seconds='42'/></iq>")
+    alice.expect(
+        "<iq type='result' id='u1' from='localhost'><query xmlns='jabber:iq:last' seconds='42'/></iq>"
+    )
     xmpp.advance(8)
     alice.send(LAST.format(id="u2", to="localhost"))
     alice.expect("<iq type='result' id='u2'><query xmlns='jabber:iq:last' seconds='50'/></iq>")
@@ -86,7 +88,7 @@ def test_online_account_answers_zero(make_xmpp):
 
 
 def test_own_account_is_answered_without_authorization(xmpp):
-    alice = xmpp.login("alice@localhost/phone")
+    alice = xmpp.login("alice@localhost/phone", available=True)
     alice.send(LAST.format(id="l1", to="alice@localhost"))
     alice.expect("<iq type='result' id='l1'><query xmlns='jabber:iq:last' seconds='0'/></iq>")
 

@@ -149,6 +149,9 @@ class C2SStream(Protocol):
         data = stream_error(condition, text) if condition else b""
         self.transport.write(data + STREAM_END)
         self.closed = True
+        if self.bound:
+            # Twisted's TLS layer holds back loseConnection while a producer is registered.
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # Producer interface: the transport pauses us when its send buffer is full.
@@ -230,7 +233,9 @@ class C2SStream(Protocol):
 
     def _element(self, el: etree._Element) -> None:
         if self.bound:
-            if el.tag in STANZA_KINDS:
+            if el.tag == "iq" and _is_session_iq(el, self.host):
+                self.send(make_result(el))  # RFC 3921 s3: legacy clients send it after binding
+            elif el.tag in STANZA_KINDS:
                 self.server.router.process(self, el)
             else:
                 raise StreamError(
@@ -341,6 +346,17 @@ class C2SStream(Protocol):
 
     def __repr__(self) -> str:
         return f"<C2SStream {self.id} {self.jid or self.peer}>"
+
+
+def _is_session_iq(iq: etree._Element, host: str | None) -> bool:
+    """An RFC 3921 session establishment request (a no-op since RFC 6121, answered with a result)."""
+    payload = [c for c in iq if isinstance(c.tag, str)]
+    return (
+        iq.get("type") == "set"
+        and len(payload) == 1
+        and payload[0].tag == f"{{{NS_SESSION}}}session"
+        and iq.get("to") in (None, host)
+    )
 
 
 class StreamFeaturesEvent:

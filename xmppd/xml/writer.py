@@ -106,6 +106,10 @@ def qualify(el: etree._Element, ns: str = "jabber:client") -> etree._Element:
     ``ns`` (declared as default), for embedding it inside a payload: XEP-0297 requires a forwarded
     stanza to be qualified by ``jabber:client`` and clients parse it without the stream's default.
     ``el`` itself is left untouched; already namespaced elements are copied as they are."""
+    if el.tag[0] == "{":
+        new = copy.deepcopy(el)
+        new.tail = None
+        return new
     return _qualified_copy(el, None, f"{{{ns}}}", ns)
 
 

@@ -17,7 +17,9 @@ def test_hello_answers_and_counts(make_xmpp):
 def test_hello_is_in_disco(make_xmpp):
     xmpp = make_xmpp(plugins=[Hello], enabled=["hello"])
     alice = xmpp.login("alice@localhost/phone")
-    alice.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    alice.send(
+        "<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    )
     alice.expect(
         "<iq type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'>"
         "<feature var='urn:example:hello'/></query></iq>"
