@@ -142,36 +142,26 @@ class XMPPServer(MultiService):
         super().privilegedStartService()
 
     def _listen(self, kind: str, desc: str, factory: Any) -> None:
-        key = f"[listen] {kind}"
+        def fail(problem: str, fix: str) -> ConfigError:
+            return ConfigError(problem, path=self.config.path, key=f"[listen] {kind}", fix=fix)
+
         try:
             endpoint = serverFromString(self.reactor, desc)
         except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(
+            raise fail(
                 f"bad endpoint description {desc!r} ({e})",
-                path=self.config.path,
-                key=key,
-                fix='use a Twisted endpoint like "tcp:5222:interface=127.0.0.1"',
+                'use a Twisted endpoint like "tcp:5222:interface=127.0.0.1"',
             ) from None
         outcome: list[Any] = []
         endpoint.listen(factory).addBoth(outcome.append)
         if not outcome:
-            raise ConfigError(
-                f"{desc!r} did not start listening at once",
-                path=self.config.path,
-                key=key,
-                fix="use a tcp:, unix: or ssl: endpoint",
-            )
+            raise fail(f"{desc!r} did not start listening at once", "use a tcp:, unix: or ssl: endpoint")
         result = outcome[0]
         if isinstance(result, Failure):
             error = result.value
             reason = error.socketError if isinstance(error, CannotListenError) else error
             self.stop_listening()
-            raise ConfigError(
-                f"cannot listen on {desc!r}: {reason}",
-                path=self.config.path,
-                key=key,
-                fix="choose a free port or stop the other server",
-            ) from None
+            raise fail(f"cannot listen on {desc!r}: {reason}", "choose a free port or stop the other server")
         self.ports.setdefault(kind, []).append(result)
         log.info("listening for {kind} on {address}", kind=kind, address=address(result))
 

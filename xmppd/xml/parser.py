@@ -99,7 +99,8 @@ _UTF8_NAMES = frozenset({b"utf-8", b"utf8"})
 _SPACE = b" \t\r\n"
 _DECL_SPACE = (b" ", b"\t", b"\r", b"\n")
 _TAG_SCAN = re.compile(rb"""[>'"]""")
-_ATTR_ESCAPES = str.maketrans(
+#: Escapes for a single-quoted attribute value (shared with the writer).
+ATTR_ESCAPES = str.maketrans(
     {
         "&": "&amp;",
         "<": "&lt;",
@@ -585,7 +586,7 @@ class StreamParser:
         declarations = []
         for prefix, uri in nsmap.items():
             if prefix is not None:
-                declarations.append(f" xmlns:{prefix}='{uri.translate(_ATTR_ESCAPES)}'")
+                declarations.append(f" xmlns:{prefix}='{uri.translate(ATTR_ESCAPES)}'")
                 if uri == self.content_ns:
                     self._strip_always = True
         close = "/>" if header.endswith(b"/>") else ">"

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 from lxml import etree
 
+from xmppd.xml.parser import ATTR_ESCAPES as _ATTR_ESCAPES
 from xmppd.xml.parser import NS_STREAM_ERRORS, NS_STREAMS, STREAM_ERROR_CONDITIONS
 
 __all__ = [
@@ -42,18 +43,6 @@ __all__ = [
 STREAM_END = b"</stream:stream>"
 
 _tostring = etree.tostring
-_ATTR_ESCAPES = str.maketrans(
-    {
-        "&": "&amp;",
-        "<": "&lt;",
-        ">": "&gt;",
-        "'": "&apos;",
-        '"': "&quot;",
-        "\t": "&#9;",
-        "\n": "&#10;",
-        "\r": "&#13;",
-    }
-)
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 # Characters XML 1.0 cannot carry at all (s2.2), replaced rather than written into the stream.
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
