@@ -38,29 +38,6 @@ from xmppd.testing.process import ServerProcess
 DEFAULT_TIMEOUT = 5.0
 
 
-@pytest.fixture(scope="module")
-def module_xmpp_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """Like ``xmpp_process``, but the servers live until the end of the test module (for modules that
-    run many tests against one server). ``module_xmpp_process(config=None, env=None, users=None)``."""
-    processes: list[ServerProcess] = []
-
-    def start(
-        config: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-        users: dict[str, str] | None = None,
-    ) -> ServerProcess:
-        process = ServerProcess(tmp_path_factory.mktemp("xmppd"), config, env)
-        processes.append(process)
-        process.start()
-        for jid, password in (users or {}).items():
-            process.adduser(jid, password)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
-
-
 def server_cert(server: ServerProcess) -> str:
     """The server's self-signed certificate (it names ``localhost``)."""
     return str(server.data_dir / "selfsigned.crt")

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import os
 import socket
 import time
 from typing import Any
 
 from lxml import etree
 from OpenSSL import SSL
+
+from xmppd.testing.scram import ScramClient
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_CLIENT = "jabber:client"
@@ -321,34 +321,19 @@ class RawClient:
         ``gs2_header`` overrides the GS2 header (e.g. "y,," for a client that supports channel binding
         but believes the server does not).
         """
-        name = mechanism.removesuffix("-PLUS").removeprefix("SCRAM-").replace("-", "").lower()
+        hash_name = mechanism.removesuffix("-PLUS").removeprefix("SCRAM-")
         gs2 = gs2_header or (f"p={cb_type},," if cb_type else "n,,")
-        cnonce = base64.b64encode(os.urandom(18)).decode()
-        username = user.replace("=", "=3D").replace(",", "=2C")
-        first_bare = f"n={username},r={cnonce}"
-        auth = base64.b64encode((gs2 + first_bare).encode()).decode()
+        scram = ScramClient(user, password, hash_name, gs2_header=gs2, cb_data=cb_data)
+        auth = base64.b64encode(scram.first()).decode()
         self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{auth}</auth>")
         el = self.next_element()
         if local_name(el) != "challenge":
             return self._sasl_outcome(el)
-        server_first = base64.b64decode(el.text).decode()
-        attrs = dict(part.split("=", 1) for part in server_first.split(","))
-        assert attrs["r"].startswith(cnonce)
-        salted = hashlib.pbkdf2_hmac(name, password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-        client_key = hmac.digest(salted, b"Client Key", name)
-        stored_key = hashlib.new(name, client_key).digest()
-        channel = base64.b64encode(gs2.encode() + cb_data).decode()
-        final_bare = f"c={channel},r={attrs['r']}"
-        auth_message = f"{first_bare},{server_first},{final_bare}".encode()
-        signature = hmac.digest(stored_key, auth_message, name)
-        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
-        final = base64.b64encode(f"{final_bare},p={proof}".encode()).decode()
+        final = base64.b64encode(scram.final(base64.b64decode(el.text))).decode()
         self.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
         ok, condition = self._sasl_outcome(self.next_element())
         if ok:
-            server_key = hmac.digest(salted, b"Server Key", name)
-            expected = base64.b64encode(hmac.digest(server_key, auth_message, name)).decode()
-            assert self._success_data == f"v={expected}", "the server's signature does not verify"
+            assert scram.verify(self._success_data.encode()), "the server's signature does not verify"
         return ok, condition
 
     _success_data = ""

@@ -4,15 +4,13 @@ stream errors, as a client sees them (RFC 6120 s4-s7)."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import secrets
 from typing import Any
 
 import pytest
 from lxml import etree
 
 from xmppd.testing import HEADER
+from xmppd.testing.scram import ScramClient
 from xmppd.xml.stanza import error_condition
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
@@ -33,21 +31,12 @@ def sasl(name: str, data: bytes | None = None, mechanism: str | None = None) -> 
 
 def scram(client: Any, user: str, password: str) -> etree._Element:
     """A SCRAM-SHA-256 exchange (RFC 7677); returns the server's last element (<success/> or <failure/>)."""
-    nonce = secrets.token_urlsafe(18)
-    first_bare = f"n={user},r={nonce}"
-    client.send(sasl("auth", b"n,," + first_bare.encode(), "SCRAM-SHA-256"))
+    client_scram = ScramClient(user, password, "SHA-256")
+    client.send(sasl("auth", client_scram.first(), "SCRAM-SHA-256"))
     challenge = client.next()
     if etree.QName(challenge).localname != "challenge":
         return challenge
-    server_first = base64.b64decode(challenge.text).decode()
-    attrs = dict(item.split("=", 1) for item in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-    client_key = hmac.digest(salted, b"Client Key", "sha256")
-    final_bare = f"c=biws,r={attrs['r']}"
-    auth_message = f"{first_bare},{server_first},{final_bare}".encode()
-    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
-    client.send(sasl("response", f"{final_bare},p={proof}".encode()))
+    client.send(sasl("response", client_scram.final(base64.b64decode(challenge.text))))
     return client.next()
 
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import globalLogPublisher
 
 from xmppd.events import EventBus, HandlerFailure
-
-
-@pytest.fixture
-def logged():
-    """Events emitted on the global log publisher during the test."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def recorder(calls: list, name: str, result=None):

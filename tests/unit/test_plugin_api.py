@@ -14,7 +14,6 @@ import pytest
 from lxml import etree
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
 
 from xmppd import config as config_module
 from xmppd.config import ConfigError
@@ -83,14 +82,6 @@ def make_config(domains=("localhost",), enabled=(), options=None, hosts=None) ->
     if hosts:
         data["hosts"] = hosts
     return config_module.parse(data, "(test)")
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 class Notifier(Plugin):

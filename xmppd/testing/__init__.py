@@ -15,9 +15,6 @@ The pytest plugin (xmppd.testing.pytest_plugin, registered on install) provides 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +29,7 @@ from xmppd.sasl.scram import derive_credentials
 from xmppd.server import XMPPServer
 from xmppd.storage.memory import MemoryStorage
 from xmppd.stream.c2s import C2SFactory
+from xmppd.testing.scram import ScramClient
 from xmppd.xml.parser import StreamParser
 from xmppd.xml.writer import serialize
 
@@ -197,21 +195,12 @@ class TestClient:
     def authenticate(self, user: str, domain: str, password: str, resource: str | None) -> None:
         """SCRAM-SHA-256 (RFC 7677) and resource binding (RFC 6120 s7), as a real client does."""
         self.open_stream(domain)
-        nonce = secrets.token_urlsafe(18)
-        first_bare = f"n={user},r={nonce}"
-        self.send(_sasl("auth", b"n,," + first_bare.encode(), mechanism="SCRAM-SHA-256"))
+        scram = ScramClient(user, password, "SHA-256")
+        self.send(_sasl("auth", scram.first(), mechanism="SCRAM-SHA-256"))
         challenge = self.next()
-        server_first = base64.b64decode(challenge.text).decode()
-        attrs = dict(item.split("=", 1) for item in server_first.split(","))
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
-        )
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
-        final_bare = f"c=biws,r={attrs['r']}"
-        auth_message = f"{first_bare},{server_first},{final_bare}".encode()
-        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
-        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
-        self.send(_sasl("response", f"{final_bare},p={proof}".encode()))
+        if etree.QName(challenge).localname != "challenge":
+            raise ExpectationError(f"authentication failed: {serialize(challenge).decode()}")
+        self.send(_sasl("response", scram.final(base64.b64decode(challenge.text))))
         outcome = self.next()
         if etree.QName(outcome).localname != "success":
             raise ExpectationError(f"authentication failed: {serialize(outcome).decode()}")

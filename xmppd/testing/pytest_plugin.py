@@ -2,7 +2,8 @@
 
 * ``xmpp``: a MemoryServer with the default plugins; ``xmpp.login("alice@localhost/phone")``.
 * ``make_xmpp``: build MemoryServers with other plugins or options; all are stopped after the test.
-* ``xmpp_process``: start ``twistd xmppd`` subprocesses on loopback; all are stopped after the test.
+* ``xmpp_process``: start ``twistd xmppd`` subprocesses on loopback; all are stopped after the test
+  (``module_xmpp_process``: after the test module).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def xmpp(make_xmpp: Callable[..., MemoryServer]) -> MemoryServer:
     return make_xmpp()
 
 
-@pytest.fixture
-def xmpp_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+def _process_starter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     processes: list[ServerProcess] = []
 
     def start(
@@ -54,3 +54,16 @@ def xmpp_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield start
     for process in processes:
         process.stop()
+
+
+@pytest.fixture
+def xmpp_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """``xmpp_process(config=None, env=None, users=None)`` starts a server, stopped after the test."""
+    yield from _process_starter(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_xmpp_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """Like ``xmpp_process``, but the servers live until the end of the test module (for modules that
+    run many tests against one server)."""
+    yield from _process_starter(tmp_path_factory)
