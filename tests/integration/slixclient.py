@@ -176,3 +176,16 @@ class Clients:
     async def stop_all(self) -> None:
         await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
         self.clients.clear()
+
+
+def run_as_alice(
+    proc: ServerProcess, check: Any, jid: str = "alice@localhost/phone", password: str = "alice-pw"
+) -> None:
+    """Log one client in (alice by default) and run ``await check(client)``; the client is always
+    disconnected afterwards."""
+
+    async def main() -> None:
+        async with Clients(proc) as clients:
+            await check(await clients.login(jid, password))
+
+    run(main())

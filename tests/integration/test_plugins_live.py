@@ -14,7 +14,7 @@ import time
 import tomllib
 from typing import Any
 
-from slixclient import Client, Clients, error_condition, run
+from slixclient import Client, Clients, error_condition, run, run_as_alice
 
 import xmppd
 from xmppd.config import DEFAULT_PLUGINS
@@ -84,31 +84,27 @@ def rewrite_config(proc: ServerProcess, change) -> None:
 def test_disco_info_of_the_server(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            info = await alice.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
-            assert info["from"] == "localhost"
-            identities = {(cat, type_) for cat, type_, _lang, _name in info["disco_info"]["identities"]}
-            assert ("server", "im") in identities
-            assert DEFAULT_FEATURES <= set(info["disco_info"]["features"])
-            # no contact addresses configured: no XEP-0157 form
-            assert info.xml.findall(f"{{{NS_INFO}}}query/{{{NS_DATA}}}x") == []
+    async def check(alice):
+        info = await alice.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
+        assert info["from"] == "localhost"
+        identities = {(cat, type_) for cat, type_, _lang, _name in info["disco_info"]["identities"]}
+        assert ("server", "im") in identities
+        assert DEFAULT_FEATURES <= set(info["disco_info"]["features"])
+        # no contact addresses configured: no XEP-0157 form
+        assert info.xml.findall(f"{{{NS_INFO}}}query/{{{NS_DATA}}}x") == []
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_disco_items_of_the_server(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            items = await alice.plugin["xep_0030"].get_items(jid="localhost", timeout=5)
-            assert items["type"] == "result"
-            assert items["disco_items"]["items"] == set()  # no components or services yet
+    async def check(alice):
+        items = await alice.plugin["xep_0030"].get_items(jid="localhost", timeout=5)
+        assert items["type"] == "result"
+        assert items["disco_items"]["items"] == set()  # no components or services yet
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_disco_info_of_accounts(xmpp_process):
@@ -134,23 +130,21 @@ def test_contact_addresses_in_disco_info(xmpp_process):
     addresses = ["mailto:admin@example.org", "xmpp:admin@localhost"]
     proc = xmpp_process(config={"plugins": {"contact_info": {"admin_addresses": addresses}}}, users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            info = await alice.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
-            forms = info.xml.findall(f"{{{NS_INFO}}}query/{{{NS_DATA}}}x")
-            assert len(forms) == 1
-            assert forms[0].get("type") == "result"
-            fields = {
-                field.get("var"): [v.text for v in field.findall(f"{{{NS_DATA}}}value")]
-                for field in forms[0].findall(f"{{{NS_DATA}}}field")
-            }
-            assert fields == {
-                "FORM_TYPE": ["http://jabber.org/network/serverinfo"],
-                "admin-addresses": addresses,
-            }
+    async def check(alice):
+        info = await alice.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
+        forms = info.xml.findall(f"{{{NS_INFO}}}query/{{{NS_DATA}}}x")
+        assert len(forms) == 1
+        assert forms[0].get("type") == "result"
+        fields = {
+            field.get("var"): [v.text for v in field.findall(f"{{{NS_DATA}}}value")]
+            for field in forms[0].findall(f"{{{NS_DATA}}}field")
+        }
+        assert fields == {
+            "FORM_TYPE": ["http://jabber.org/network/serverinfo"],
+            "admin-addresses": addresses,
+        }
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 # -- ping (XEP-0199) -----------------------------------------------------------------------------------------
@@ -159,16 +153,14 @@ def test_contact_addresses_in_disco_info(xmpp_process):
 def test_ping_the_server_and_own_account(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            # send_ping, not ping(): ping() counts an error from the own server as success
-            server = await alice.plugin["xep_0199"].send_ping("localhost", timeout=5)
-            assert server["type"] == "result" and server["from"] == "localhost"
-            account = await alice.plugin["xep_0199"].send_ping("alice@localhost", timeout=5)
-            assert account["type"] == "result" and account["from"] == "alice@localhost"
+    async def check(alice):
+        # send_ping, not ping(): ping() counts an error from the own server as success
+        server = await alice.plugin["xep_0199"].send_ping("localhost", timeout=5)
+        assert server["type"] == "result" and server["from"] == "localhost"
+        account = await alice.plugin["xep_0199"].send_ping("alice@localhost", timeout=5)
+        assert account["type"] == "result" and account["from"] == "alice@localhost"
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_keepalive_keeps_answering_clients_and_drops_silent_ones(xmpp_process):
@@ -202,30 +194,26 @@ def test_keepalive_keeps_answering_clients_and_drops_silent_ones(xmpp_process):
 def test_version_by_default(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            answer = await alice.plugin["xep_0092"].get_version("localhost", timeout=5)
-            version = answer.xml.find("{jabber:iq:version}query")
-            assert version.findtext("{jabber:iq:version}name") == "xmppd"
-            assert version.findtext("{jabber:iq:version}version") == xmppd.__version__
-            assert version.find("{jabber:iq:version}os") is None
+    async def check(alice):
+        answer = await alice.plugin["xep_0092"].get_version("localhost", timeout=5)
+        version = answer.xml.find("{jabber:iq:version}query")
+        assert version.findtext("{jabber:iq:version}name") == "xmppd"
+        assert version.findtext("{jabber:iq:version}version") == xmppd.__version__
+        assert version.find("{jabber:iq:version}os") is None
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_version_options(xmpp_process):
     proc = xmpp_process(config={"plugins": {"version": {"show_os": True, "name": "MyServer"}}}, users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            answer = await alice.plugin["xep_0092"].get_version("localhost", timeout=5)
-            assert answer["software_version"]["name"] == "MyServer"
-            assert answer["software_version"]["version"] == xmppd.__version__
-            assert answer["software_version"]["os"].strip()
+    async def check(alice):
+        answer = await alice.plugin["xep_0092"].get_version("localhost", timeout=5)
+        assert answer["software_version"]["name"] == "MyServer"
+        assert answer["software_version"]["version"] == xmppd.__version__
+        assert answer["software_version"]["os"].strip()
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 # -- entity time (XEP-0202) ----------------------------------------------------------------------------------
@@ -234,19 +222,17 @@ def test_version_options(xmpp_process):
 def test_time_is_utc_now(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            answer = await alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
-            entity_time = answer.xml.find(f"{{{NS_TIME}}}time")
-            assert entity_time.findtext(f"{{{NS_TIME}}}tzo") == "+00:00"
-            utc = entity_time.findtext(f"{{{NS_TIME}}}utc")
-            assert utc.endswith("Z")
-            when = datetime.datetime.fromisoformat(utc)
-            now = datetime.datetime.now(datetime.UTC)
-            assert abs((when - now).total_seconds()) < 5
+    async def check(alice):
+        answer = await alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
+        entity_time = answer.xml.find(f"{{{NS_TIME}}}time")
+        assert entity_time.findtext(f"{{{NS_TIME}}}tzo") == "+00:00"
+        utc = entity_time.findtext(f"{{{NS_TIME}}}utc")
+        assert utc.endswith("Z")
+        when = datetime.datetime.fromisoformat(utc)
+        now = datetime.datetime.now(datetime.UTC)
+        assert abs((when - now).total_seconds()) < 5
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 # -- last activity (XEP-0012); the logout-time path is in tests/unit/test_last_plugin.py ---------------------
@@ -255,16 +241,14 @@ def test_time_is_utc_now(xmpp_process):
 def test_uptime_grows(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            first = await alice.plugin["xep_0012"].get_last_activity("localhost", timeout=5)
-            await asyncio.sleep(1.2)
-            second = await alice.plugin["xep_0012"].get_last_activity("localhost", timeout=5)
-            assert first["last_activity"]["seconds"] >= 0
-            assert second["last_activity"]["seconds"] >= first["last_activity"]["seconds"] + 1
+    async def check(alice):
+        first = await alice.plugin["xep_0012"].get_last_activity("localhost", timeout=5)
+        await asyncio.sleep(1.2)
+        second = await alice.plugin["xep_0012"].get_last_activity("localhost", timeout=5)
+        assert first["last_activity"]["seconds"] >= 0
+        assert second["last_activity"]["seconds"] >= first["last_activity"]["seconds"] + 1
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_last_activity_of_accounts(xmpp_process):
@@ -364,74 +348,70 @@ def test_unload_load_and_reload_while_clients_stay_connected(xmpp_process):
 def test_sighup_applies_plugin_changes_and_ignores_a_broken_file(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            assert await time_answered(alice)
+    async def check(alice):
+        assert await time_answered(alice)
 
-            def change(data):
-                data["plugins"] = {
-                    "enabled": [p for p in DEFAULT_PLUGINS if p != "time"],
-                    "version": {"name": "Renamed"},
-                }
+        def change(data):
+            data["plugins"] = {
+                "enabled": [p for p in DEFAULT_PLUGINS if p != "time"],
+                "version": {"name": "Renamed"},
+            }
 
-            rewrite_config(proc, change)
-            proc.signal(signal.SIGHUP)
-            log = await wait_for_log(proc, "configuration reloaded")
-            assert "unloaded time on localhost" in log and "reloaded version on localhost" in log
-            time_query = alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
-            assert await error_condition(time_query) == "service-unavailable"
-            assert await version_name(alice) == "Renamed"
-            assert "urn:xmpp:time" not in await features(alice)
+        rewrite_config(proc, change)
+        proc.signal(signal.SIGHUP)
+        log = await wait_for_log(proc, "configuration reloaded")
+        assert "unloaded time on localhost" in log and "reloaded version on localhost" in log
+        time_query = alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
+        assert await error_condition(time_query) == "service-unavailable"
+        assert await version_name(alice) == "Renamed"
+        assert "urn:xmpp:time" not in await features(alice)
 
-            # a file that is not TOML: logged, and the running plugins stay as they are
-            proc.config_path.write_text(proc.config_path.read_text() + "\n[plugins\nenabled = \n")
-            proc.signal(signal.SIGHUP)
-            await wait_for_log(proc, "configuration not reloaded")
-            line = next(x for x in proc.log().splitlines() if "configuration not reloaded" in x)
-            assert f"{proc.config_path}: not valid TOML" in line
-            assert await version_name(alice) == "Renamed"
-            time_query = alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
-            assert await error_condition(time_query) == "service-unavailable"
-            assert alice.connected
-            assert proc.process.poll() is None
+        # a file that is not TOML: logged, and the running plugins stay as they are
+        proc.config_path.write_text(proc.config_path.read_text() + "\n[plugins\nenabled = \n")
+        proc.signal(signal.SIGHUP)
+        await wait_for_log(proc, "configuration not reloaded")
+        line = next(x for x in proc.log().splitlines() if "configuration not reloaded" in x)
+        assert f"{proc.config_path}: not valid TOML" in line
+        assert await version_name(alice) == "Renamed"
+        time_query = alice.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
+        assert await error_condition(time_query) == "service-unavailable"
+        assert alice.connected
+        assert proc.process.poll() is None
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 def test_xmppdctl_reload_applies_plugin_changes_and_refuses_a_bad_one(xmpp_process):
     proc = xmpp_process(users=USERS)
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
+    async def check(alice):
 
-            def change(data):
-                data["plugins"] = {"enabled": [p for p in DEFAULT_PLUGINS if p != "version"]}
+        def change(data):
+            data["plugins"] = {"enabled": [p for p in DEFAULT_PLUGINS if p != "version"]}
 
-            rewrite_config(proc, change)
-            result = await ctl(proc, "reload")
-            assert result.returncode == 0, result.stderr
-            assert "unloaded version on localhost" in result.stdout
-            query = alice.plugin["xep_0092"].get_version("localhost", timeout=5)
-            assert await error_condition(query) == "service-unavailable"
+        rewrite_config(proc, change)
+        result = await ctl(proc, "reload")
+        assert result.returncode == 0, result.stderr
+        assert "unloaded version on localhost" in result.stdout
+        query = alice.plugin["xep_0092"].get_version("localhost", timeout=5)
+        assert await error_condition(query) == "service-unavailable"
 
-            # valid TOML, but an unknown plugin: refused with the reason, nothing changes
-            def broken(data):
-                data["plugins"] = {"enabled": ["disco", "version", "nosuch"]}
+        # valid TOML, but an unknown plugin: refused with the reason, nothing changes
+        def broken(data):
+            data["plugins"] = {"enabled": ["disco", "version", "nosuch"]}
 
-            rewrite_config(proc, broken)
-            result = await ctl(proc, "reload")
-            assert result.returncode == 1
-            assert "unknown plugin 'nosuch'" in result.stderr and "[plugins] enabled" in result.stderr
-            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-            assert "configuration not reloaded" in proc.log()
-            query = alice.plugin["xep_0092"].get_version("localhost", timeout=5)
-            assert await error_condition(query) == "service-unavailable"
-            assert await time_answered(alice)
-            assert alice.connected
+        rewrite_config(proc, broken)
+        result = await ctl(proc, "reload")
+        assert result.returncode == 1
+        assert "unknown plugin 'nosuch'" in result.stderr and "[plugins] enabled" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "configuration not reloaded" in proc.log()
+        query = alice.plugin["xep_0092"].get_version("localhost", timeout=5)
+        assert await error_condition(query) == "service-unavailable"
+        assert await time_answered(alice)
+        assert alice.connected
 
-    run(main())
+    run_as_alice(proc, check)
 
 
 # -- plugin_paths: an unpackaged plugin module ---------------------------------------------------------------
@@ -469,12 +449,10 @@ def test_plugin_from_plugin_paths(xmpp_process, tmp_path):
     assert rows["echo"]["origin"] == str(directory / "echo.py")
     assert rows["echo"]["loaded"] == ["localhost"]
 
-    async def main():
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            answer = await alice.iq_get("localhost", "<echo xmlns='urn:example:echo'>hi</echo>")
-            assert answer.get("type") == "result"
-            assert answer.findtext("{urn:example:echo}echo") == "echo: hi"
-            assert "urn:example:echo" in await features(alice)
+    async def check(alice):
+        answer = await alice.iq_get("localhost", "<echo xmlns='urn:example:echo'>hi</echo>")
+        assert answer.get("type") == "result"
+        assert answer.findtext("{urn:example:echo}echo") == "echo: hi"
+        assert "urn:example:echo" in await features(alice)
 
-    run(main())
+    run_as_alice(proc, check)
