@@ -169,6 +169,34 @@ class Context:
         for target in (to,) if isinstance(to, str) else to:
             self.hook(f"iq-{type_}/{target}/{ns}:{name}", handler, priority)
 
+    def hook_stanza(
+        self,
+        kind: str,
+        handler: Callable[[Any], Any],
+        *,
+        type_: str | Iterable[str] | None = None,
+        to: Iterable[str] = ("bare", "full"),
+        outbound: bool = False,
+        priority: float = 0,
+    ) -> None:
+        """Handle ``message``, ``presence`` or ``iq`` stanzas addressed to ``to`` ("host", "bare", "full",
+        and "self" for iqs), optionally only those of ``type_`` (for a message with no type attribute,
+        "normal"; for presence, "available"; RFC 6121 s5.2.2, s4.7.1). ``outbound=True`` hooks the
+        ``pre-`` events: stanzas local clients send, before routing."""
+        if kind not in ("message", "presence", "iq"):
+            raise ValueError(f"not a stanza kind: {kind!r}")
+        wanted = None if type_ is None else {type_} if isinstance(type_, str) else set(type_)
+        default = {"message": "normal", "presence": "available"}.get(kind)
+
+        def filtered(event: Any) -> Any:
+            if wanted is not None and (event.type or default) not in wanted:
+                return None
+            return handler(event)
+
+        prefix = "pre-" if outbound else ""
+        for target in (to,) if isinstance(to, str) else to:
+            self.hook(f"{prefix}{kind}/{target}", filtered if wanted is not None else handler, priority)
+
     def fire(self, event: str, data: Any) -> Any:
         """Fire an event on this domain's bus (plugins define their own events this way)."""
         return self.host.bus.fire(event, data)

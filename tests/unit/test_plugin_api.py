@@ -1209,3 +1209,62 @@ def test_send_iq_to_a_session_that_ends(make_xmpp):
     alice.disconnect()
     assert outcome == [IQTimeout]
     assert bodies(watcher) == ["session-ended alice@localhost/phone"]
+
+
+# -- hook_stanza: selection by kind and type ---------------------------------------------------------
+
+
+class TypeFilter(Plugin):
+    """Counts chat messages and available presences to bare JIDs; headlines to bare JIDs are swallowed."""
+
+    name = "typefilter"
+
+    def setup(self, ctx):
+        self.chats = []
+        self.available = []
+        self.outbound = []
+        ctx.hook_stanza("message", self.on_chat, type_="chat", to="bare", priority=10)
+        ctx.hook_stanza("message", lambda e: True, type_={"headline"}, to="bare", priority=10)
+        ctx.hook_stanza("presence", self.on_available, type_="available", to="bare", priority=10)
+        ctx.hook_stanza("message", self.on_outbound, type_="normal", outbound=True, priority=10)
+
+    def on_chat(self, event):
+        self.chats.append(event.stanza.findtext("body"))
+
+    def on_available(self, event):
+        self.available.append(str(event.from_))
+
+    def on_outbound(self, event):
+        self.outbound.append(event.stanza.findtext("body"))
+
+
+def test_hook_stanza_selects_by_kind_and_type(make_xmpp):
+    xmpp = make_xmpp(plugins=[TypeFilter], enabled=["typefilter"])
+    plugin = xmpp.server.plugins.instance("localhost", "typefilter")
+    alice = xmpp.login("alice@localhost/phone", available=True)
+    bob = xmpp.login("bob@localhost/pc", available=True)
+
+    bob.send("<message to='alice@localhost' type='chat'><body>one</body></message>")
+    alice.expect("<message type='chat'><body>one</body></message>")  # observed, then delivered
+    bob.send("<message to='alice@localhost' type='headline'><body>two</body></message>")
+    alice.expect_nothing()  # swallowed by the headline hook
+    bob.send("<message to='alice@localhost'><body>three</body></message>")  # no type: "normal"
+    alice.expect("<message><body>three</body></message>")
+    bob.send("<presence to='alice@localhost'/>")  # no type: "available"
+    alice.expect("<presence from='bob@localhost/pc'/>")
+
+    assert plugin.chats == ["one"]
+    # Initial presence (no 'to') is addressed to the sender's own bare JID, so it is seen too.
+    assert plugin.available == ["alice@localhost/phone", "bob@localhost/pc", "bob@localhost/pc"]
+    assert plugin.outbound == ["three"]  # only the untyped (normal) message passed the outbound filter
+
+
+def test_hook_stanza_rejects_unknown_kind(make_xmpp):
+    class Bad(Plugin):
+        name = "bad"
+
+        def setup(self, ctx):
+            ctx.hook_stanza("mesage", lambda e: None)
+
+    with pytest.raises(PluginError, match="not a stanza kind"):
+        make_xmpp(plugins=[Bad], enabled=["bad"])
