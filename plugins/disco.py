@@ -13,7 +13,7 @@ from lxml import etree
 
 from xmppd.plugin import Context, Plugin
 from xmppd.router import StanzaEvent
-from xmppd.xml.stanza import add_child
+from xmppd.xml.stanza import add_child, copy_stanza
 
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -65,7 +65,7 @@ class ServiceDiscovery(Plugin):
         for var in sorted(host.features):
             add_child(query, NS_INFO, "feature").set("var", var)
         for form, _ in host.extensions:
-            query.append(_copy(form))
+            query.append(copy_stanza(form))
         return reply
 
     def host_items(self, event: StanzaEvent) -> Any:
@@ -104,9 +104,3 @@ class ServiceDiscovery(Plugin):
 
     def account_items(self, event: StanzaEvent) -> Any:
         return self._account(event, lambda e: self._reply(e, NS_ITEMS)[0])
-
-
-def _copy(el: etree._Element) -> etree._Element:
-    from copy import deepcopy
-
-    return deepcopy(el)

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 
 from xmppd.events import EventBus
 from xmppd.router import StanzaEvent
+from xmppd.xml.stanza import copy_stanza
 
 if TYPE_CHECKING:
     from xmppd.server import XMPPServer
@@ -146,7 +147,7 @@ class CoreDelivery:
             recipients.append(origin)
         for session in recipients:
             stanza = etree.Element("presence", attrib=dict(event.stanza.attrib))
-            stanza[:] = [_copy(c) for c in event.stanza]
+            stanza[:] = [copy_stanza(c) for c in event.stanza]
             stanza.set("to", str(session.jid))
             session.send(stanza)
         return HANDLED
@@ -186,9 +187,3 @@ def _priority(presence: etree._Element) -> int:
         return max(-128, min(127, int(el.text.strip())))
     except ValueError:
         return 0
-
-
-def _copy(el: etree._Element) -> etree._Element:
-    from copy import deepcopy
-
-    return deepcopy(el)

@@ -55,6 +55,7 @@ class SASLNegotiation:
         self.on_success = on_success
         self.on_failure = on_failure
         self._scram: ScramServer | None = None
+        self._user_name: str | None = None  # the SCRAM user once known (None: unknown account)
         self.busy = False  # an answer is being computed; the stream holds further input
 
     # -- features ----------------------------------------------------------------------------------------
@@ -187,8 +188,6 @@ class SASLNegotiation:
         add_child(el, NS_SASL, error.condition)
         self.send(el)
         self.on_failure(error.condition)
-
-    _user_name: str | None = None
 
 
 def _decode(text: str | None) -> bytes:

@@ -8,6 +8,8 @@ The stream's writer relies on the stream's default namespace, so one stanza serv
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 from lxml import etree
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -126,7 +128,7 @@ def make_error(
     if include_payload:
         for child in stanza:
             if isinstance(child.tag, str) and child.tag != "error":
-                reply.append(_copy(child))
+                reply.append(copy_stanza(child))
     error = etree.SubElement(reply, "error", type=type_ or ERROR_TYPES.get(condition, "cancel"))
     add_child(error, NS_STANZAS, condition)
     if text:
@@ -149,12 +151,6 @@ def error_condition(stanza: etree._Element) -> str | None:
     return None
 
 
-def _copy(el: etree._Element) -> etree._Element:
-    from copy import deepcopy
-
-    return deepcopy(el)
-
-
 def copy_stanza(el: etree._Element) -> etree._Element:
-    """An independent copy, for delivering one stanza to several sessions with different ``to``."""
-    return _copy(el)
+    """An independent copy of an element (a stanza, a payload, a form) that can be changed or re-parented."""
+    return deepcopy(el)
