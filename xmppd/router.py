@@ -3,8 +3,9 @@
 Every stanza becomes a short sequence of keyed events, in Prosody's vocabulary:
 
 1. from a local client only: ``pre-<kind>/<to>`` on the sender's host (outbound filters: privacy, carbons);
-2. for a served domain: ``iq-<type>/<to>/<ns>:<name>`` (iq get/set only), then ``<kind>/<to>``, on the
-   destination host; for any other domain: ``route/remote`` on the sender's host.
+2. for a served domain, on the destination host: ``incoming-<kind>/<to>`` (inbound filters such as
+   blocking, for stanzas from anyone), then ``iq-<type>/<to>/<ns>:<name>`` (iq get/set only), then
+   ``<kind>/<to>``; for any other domain: ``route/remote`` on the sender's host.
 
 ``<to>`` is ``host`` (the domain, with or without resource), ``bare``, ``full``, or ``self`` for an iq a user
 sends to their own bare JID (or with no ``to``, RFC 6120 s10.3.3). The core's own delivery rules are the
@@ -185,6 +186,7 @@ class Router:
             steps.append((sender_host.bus, f"pre-{kind}/{tt}"))
         if event.host is not None:
             bus = event.host.bus
+            steps.append((bus, f"incoming-{kind}/{tt}"))
             if kind == "iq" and event.type in ("get", "set"):
                 steps.append((bus, f"iq-{event.type}/{tt}/{payload_key(stanza)}"))
             steps.append((bus, f"{kind}/{tt}"))

@@ -26,6 +26,7 @@ class Session(Protocol):
     lang: str  # the stream's xml:lang, stamped on stanzas that have none (RFC 6120 s8.1.5)
     priority: int | None  # None: no available presence sent (RFC 6121 s4.2), not a presence recipient
     presence: etree._Element | None
+    data: dict  # per-session state of plugins, under their names
 
     def send(self, stanza: etree._Element) -> None: ...
 

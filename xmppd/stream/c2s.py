@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from lxml import etree
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -66,6 +67,7 @@ class C2SStream(Protocol):
         self.closed = False
         self.last_received = server.clock.seconds()  # for keepalive pings
         self.last_presence: etree._Element | None = None  # the unavailable presence it left with
+        self.data: dict[str, object] = {}  # per-session state of plugins, under their names
         self._header_sent = False
         self._sasl: SASLNegotiation | None = None
         self._auth_failures = 0
@@ -249,10 +251,30 @@ class C2SStream(Protocol):
             self._sasl_element(el)
         elif el.tag == "iq" and self.user is not None:
             self._bind_phase_iq(el)
+        elif el.tag == "iq" and self._sasl is not None and self._unauthenticated_iq(el):
+            pass
         elif el.tag in STANZA_KINDS:
             raise StreamError("not-authorized", "authenticate and bind a resource first")
         else:
             raise StreamError("unsupported-stanza-type", "unexpected element during negotiation")
+
+    def _unauthenticated_iq(self, iq: etree._Element) -> bool:
+        """Offer an iq sent before authentication to plugins (``unauthenticated-iq``; in-band
+        registration, XEP-0077 s3). Only once SASL is on offer, so never before a required STARTTLS."""
+        host = self.server.hosts[self.host]
+        result = host.bus.fire("unauthenticated-iq", UnauthenticatedIQEvent(self, iq))
+        if result is None:
+            return False
+        if isinstance(result, Deferred):
+            result.addCallback(self._send_if_element)
+            result.addErrback(lambda f: log.failure("unauthenticated iq handler failed", f))
+        else:
+            self._send_if_element(result)
+        return True
+
+    def _send_if_element(self, result: object) -> None:
+        if isinstance(result, etree._Element) and not self.closed:
+            self.send(result)
 
     def _starttls(self, el: etree._Element) -> None:
         """RFC 6120 s5.4.2: <starttls/> -> <proceed/>, then TLS and a new stream."""
@@ -357,6 +379,17 @@ def _is_session_iq(iq: etree._Element, host: str | None) -> bool:
         and payload[0].tag == f"{{{NS_SESSION}}}session"
         and iq.get("to") in (None, host)
     )
+
+
+class UnauthenticatedIQEvent:
+    """Fired as ``unauthenticated-iq`` for an iq sent before authentication. A handler returns the answer
+    (or a Deferred of it); when none answers, the stream ends with ``<not-authorized/>``."""
+
+    def __init__(self, stream: C2SStream, stanza: etree._Element) -> None:
+        self.stream = stream
+        self.stanza = stanza
+        self.peer = stream.peer
+        self.domain = stream.host
 
 
 class StreamFeaturesEvent:
