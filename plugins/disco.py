@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lxml import etree
+from twisted.internet.defer import Deferred, succeed
 
 from xmppd.plugin import Context, Plugin
 from xmppd.router import StanzaEvent
@@ -19,12 +20,16 @@ NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 
 
-def presence_authorized(event: StanzaEvent) -> bool:
+def presence_authorized(event: StanzaEvent) -> Deferred[bool]:
     """Whether the sender may see the addressed account's presence-like data: its owner always; others
-    when a plugin (the roster, once enabled) answers the ``presence-authorized`` event with True."""
+    when a plugin (the roster: a subscription from/both) answers the ``presence-authorized`` event with
+    True."""
     if event.from_.bare == event.to.bare:
-        return True
-    return event.host.bus.fire("presence-authorized", event) is True
+        return succeed(True)
+    answer = event.host.bus.fire("presence-authorized", event)
+    if isinstance(answer, Deferred):
+        return answer.addCallback(lambda result: result is True)
+    return succeed(answer is True)
 
 
 class ServiceDiscovery(Plugin):
@@ -79,14 +84,11 @@ class ServiceDiscovery(Plugin):
                 item.set("name", name)
         return reply
 
-    def _account(self, event: StanzaEvent, answer: Any) -> Any:
-        if not presence_authorized(event):
-            return event.error("service-unavailable")  # s3.1: as if the account did not exist
-
-        def decide(exists: bool) -> Any:
-            return answer(event) if exists else event.error("service-unavailable")
-
-        return event.server.accounts.exists(event.to.bare).addCallback(decide)
+    async def _account(self, event: StanzaEvent, answer: Any) -> Any:
+        # s3.1: to someone not authorized, answer as if the account did not exist.
+        if not await presence_authorized(event) or not await event.server.accounts.exists(event.to.bare):
+            return event.error("service-unavailable")
+        return answer(event)
 
     def account_info(self, event: StanzaEvent) -> Any:
         def answer(event: StanzaEvent) -> etree._Element:

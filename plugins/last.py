@@ -44,7 +44,7 @@ class LastActivity(Plugin):
     async def account_last(self, event: StanzaEvent) -> Any:
         if not await event.server.accounts.exists(event.to.bare):
             return event.error("service-unavailable")
-        if not presence_authorized(event):
+        if not await presence_authorized(event):
             return event.error("forbidden")
         if self.ctx.sessions.available(event.to.bare):
             return self._answer(event, 0)

@@ -2,10 +2,14 @@
 
 Only SCRAM salted keys are stored (RFC 5802 s3: StoredKey and ServerKey with their salt and iteration
 count), one set per hash (SHA-1 and SHA-256), never the password. PBKDF2 runs in a worker thread so the
-reactor keeps serving while an account is created or a PLAIN password is checked.
+reactor keeps serving while an account is created or a PLAIN password is checked; a test server on a
+memory reactor (which runs no threads) passes ``defer_to_thread`` to run it inline instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
@@ -28,9 +32,16 @@ def _derive_all(password: str, iterations: int) -> dict[str, dict]:
 class Accounts:
     """Accounts of all served domains, kept in the ``accounts`` store, keyed by (domain, localpart)."""
 
-    def __init__(self, storage: KeyValueStorage, iterations: int = DEFAULT_ITERATIONS) -> None:
+    def __init__(
+        self,
+        storage: KeyValueStorage,
+        iterations: int = DEFAULT_ITERATIONS,
+        defer_to_thread: Callable[..., Deferred[Any]] = deferToThread,
+    ) -> None:
         self.storage = storage
         self.iterations = iterations
+        #: Runs PBKDF2 off the reactor thread: ``defer_to_thread(fn, *args)`` returns a Deferred.
+        self.defer_to_thread = defer_to_thread
 
     @staticmethod
     def _key(jid: JID) -> tuple[str, str]:
@@ -59,7 +70,7 @@ class Accounts:
         if not password:
             raise AccountError("the password is empty")
         try:
-            creds = yield deferToThread(_derive_all, password, self.iterations)
+            creds = yield self.defer_to_thread(_derive_all, password, self.iterations)
         except ValueError as e:
             raise AccountError(f"the password is not acceptable: {e}") from None
         yield self.storage.set(domain, STORE, user, {"scram": creds})
@@ -92,7 +103,7 @@ class Accounts:
         creds = yield self.credentials(domain, user, "SHA-256")
         if creds is None:
             return False
-        return (yield deferToThread(verify_password, password, creds))
+        return (yield self.defer_to_thread(verify_password, password, creds))
 
     def users(self, domain: str) -> Deferred[list[str]]:
         return self.storage.users(domain, STORE)

@@ -131,19 +131,13 @@ class CoreDelivery:
     def _broadcast_own(self, event: StanzaEvent) -> Any:
         """Presence with no 'to' from a client: its availability (RFC 6121 s4.2, s4.4, s4.5). The core
         records priority for routing and shows it to the user's own available resources (s4.2.2, s4.4.2);
-        broadcasting to contacts is the presence plugin's work."""
+        broadcasting to contacts is the presence plugin's work. The router has recorded the change on the
+        session already (xmppd.router.record_presence)."""
         origin = event.origin
-        if event.type is None:
-            origin.priority = _priority(event.stanza)
-            origin.presence = event.stanza
-        elif event.type == "unavailable":
-            origin.priority = None
-            origin.presence = None
-            origin.last_presence = event.stanza
-        else:
+        if event.presence_change is None:
             return HANDLED  # subscription types need a 'to'; nothing to do without one
         recipients = self.sessions.available(event.from_.bare)
-        if event.type == "unavailable":
+        if event.presence_change == "unavailable":
             recipients.append(origin)
         for session in recipients:
             stanza = etree.Element("presence", attrib=dict(event.stanza.attrib))
@@ -176,14 +170,3 @@ class CoreDelivery:
         if event.kind == "presence" or (event.kind == "message" and event.type in ("headline", "error")):
             return HANDLED
         return self._error(event, "service-unavailable")
-
-
-def _priority(presence: etree._Element) -> int:
-    """The <priority/> of a presence, clamped to -128..127 (RFC 6121 s4.7.2.3); 0 when absent or bad."""
-    el = presence.find("priority")
-    if el is None or not el.text:
-        return 0
-    try:
-        return max(-128, min(127, int(el.text.strip())))
-    except ValueError:
-        return 0

@@ -50,7 +50,18 @@ MAX_PENDING_IQS = 10000
 class StanzaEvent:
     """What a stanza handler receives: the stanza and where it comes from and goes to."""
 
-    __slots__ = ("stanza", "origin", "host", "from_", "to", "kind", "type", "to_type", "server")
+    __slots__ = (
+        "stanza",
+        "origin",
+        "host",
+        "from_",
+        "to",
+        "kind",
+        "type",
+        "to_type",
+        "server",
+        "presence_change",
+    )
 
     def __init__(
         self,
@@ -70,6 +81,9 @@ class StanzaEvent:
         self.type: str | None = stanza.get("type")
         self.to_type = to_type
         self.host: Host | None = server.hosts.get(to.domain)
+        #: For presence a client broadcasts (no 'to'): "initial" (the session just became available),
+        #: "update", or "unavailable"; already recorded on the session when handlers run. Else None.
+        self.presence_change: str | None = None
 
     def result(self) -> etree._Element:
         """An empty iq result answering this stanza."""
@@ -153,7 +167,10 @@ class Router:
                 reply.set("to", str(session.jid))
                 session.send(reply)
             return
-        self.dispatch(stanza, session.jid, to, origin=session)
+        change = None
+        if stanza.tag == "presence" and stanza.get("to") is None:
+            change = record_presence(session, stanza)
+        self.dispatch(stanza, session.jid, to, origin=session, presence_change=change)
 
     # -- any stanza ------------------------------------------------------------------------------------
 
@@ -169,7 +186,14 @@ class Router:
             return
         self.dispatch(stanza, from_, to, origin=None)
 
-    def dispatch(self, stanza: etree._Element, from_: JID, to: JID, origin: Session | None) -> None:
+    def dispatch(
+        self,
+        stanza: etree._Element,
+        from_: JID,
+        to: JID,
+        origin: Session | None,
+        presence_change: str | None = None,
+    ) -> None:
         """Fire the events of one stanza and act on the result."""
         kind = stanza.tag
         if (
@@ -180,6 +204,7 @@ class Router:
             return
         tt = to_type(kind, from_, to, origin is not None)
         event = StanzaEvent(self.server, stanza, origin, from_, to, tt)
+        event.presence_change = presence_change
         steps: list[tuple[EventBus, str]] = []
         sender_host = self.server.hosts.get(from_.domain)
         if origin is not None and sender_host is not None:
@@ -227,7 +252,8 @@ class Router:
     def _unhandled(self, event: StanzaEvent) -> None:
         # Only reached when no core handler exists for the event (e.g. a remote domain with no s2s yet).
         if event.host is None:
-            self.bounce(event.stanza, "remote-server-not-found")
+            if event.kind != "presence":  # presence to an unreachable domain is dropped, not bounced
+                self.bounce(event.stanza, "remote-server-not-found")
         elif event.kind == "iq":
             self.bounce(event.stanza, "service-unavailable")
 
@@ -280,6 +306,35 @@ class Router:
                 del self._pending[iq_id]
                 timer.cancel()
                 d.errback(IQTimeout(f"{to} went away"))
+
+
+def record_presence(session: Session, presence: etree._Element) -> str | None:
+    """Record a client's broadcast presence on its session (RFC 6121 s4.2, s4.4, s4.5): availability and
+    priority, which message routing uses (s8.5.2). Returns "initial", "update", "unavailable", or None
+    for other types (they change nothing)."""
+    type_ = presence.get("type")
+    if type_ is None:
+        change = "initial" if session.priority is None else "update"
+        session.priority = presence_priority(presence)
+        session.presence = presence
+        return change
+    if type_ == "unavailable":
+        session.priority = None
+        session.presence = None
+        session.last_presence = presence
+        return "unavailable"
+    return None
+
+
+def presence_priority(presence: etree._Element) -> int:
+    """The <priority/> of a presence, clamped to -128..127 (RFC 6121 s4.7.2.3); 0 when absent or bad."""
+    el = presence.find("priority")
+    if el is None or not el.text:
+        return 0
+    try:
+        return max(-128, min(127, int(el.text.strip())))
+    except ValueError:
+        return 0
 
 
 class IQError(Exception):

@@ -211,7 +211,9 @@ class XMPPServer(MultiService):
         if was_available:
             presence = etree.Element("presence", type="unavailable")
             presence.set("from", str(session.jid))
-            self.router.dispatch(presence, session.jid, session.jid.bare, origin=session)
+            self.router.dispatch(
+                presence, session.jid, session.jid.bare, origin=session, presence_change="unavailable"
+            )
         self.hosts[session.host].bus.fire("session-ended", SessionEvent(session))
         log.info("session {jid} ended", jid=session.jid)
 

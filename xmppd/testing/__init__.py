@@ -20,9 +20,11 @@ from typing import Any
 
 from lxml import etree
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from xmppd import config as config_module
+from xmppd.accounts import Accounts
 from xmppd.jid import parse_jid
 from xmppd.plugin import Plugin
 from xmppd.sasl.scram import derive_credentials
@@ -76,6 +78,9 @@ class MemoryServer:
         self.server = XMPPServer(
             self.config, reactor=self.clock, storage=MemoryStorage(), plugin_classes=tuple(plugins)
         )
+        # A memory reactor runs no thread pool: derive credentials inline (and cheaply, as adduser does)
+        # so accounts created through the server (in-band registration, password changes) work here.
+        self.server.accounts = Accounts(self.server.storage, iterations=16, defer_to_thread=maybeDeferred)
         self.server.startService()
         self.clients: list[TestClient] = []
 

@@ -151,6 +151,29 @@ def error_condition(stanza: etree._Element) -> str | None:
     return None
 
 
+def parse_stanza(text: str | bytes) -> etree._Element:
+    """Parse one stanza as written on a c2s stream (``jabber:client`` default namespace) into the same
+    namespace-neutral form live stanzas have; for stanzas the server stored itself (offline messages,
+    pending subscription requests). ValueError if ``text`` is not exactly one well-formed element."""
+    from xmppd.xml.parser import StreamError, StreamParser
+
+    found: list[etree._Element] = []
+    parser = StreamParser(lambda attrs: None, found.append, lambda: None, max_stanza_size=16 * 1024 * 1024)
+    data = text.encode() if isinstance(text, str) else text
+    try:
+        parser.feed(_PARSE_HEADER + data)
+    except StreamError as e:
+        raise ValueError(f"not a stanza: {e.condition}") from None
+    if len(found) != 1:
+        raise ValueError(f"expected one element, found {len(found)}")
+    return found[0]
+
+
+_PARSE_HEADER = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+)
+
+
 def copy_stanza(el: etree._Element) -> etree._Element:
     """An independent copy of an element (a stanza, a payload, a form) that can be changed or re-parented."""
     return deepcopy(el)
