@@ -12,7 +12,9 @@ Outbound, from a local client (``pre-presence/...``):
   unavailable presence when the session goes unavailable or ends.
 
 Inbound, to a local account (``presence/bare`` and ``presence/full``): subscription stanzas per
-Appendix A.3, and probes answered for contacts with from/both (s4.3.2).
+Appendix A.3, delivered before the roster push they cause (s3.1.6, s3.2.3, s3.3.3), and probes answered for
+contacts with from/both, for one resource when the probe names it (s4.3.2). Pre-approval support is
+advertised as the ``urn:xmpp:features:pre-approval`` stream feature (s3.4).
 
 A session that ends for any reason, a dropped TCP connection included, reaches this plugin as unavailable
 presence from the core, so its contacts always learn it left (s4.5.2).
@@ -28,9 +30,10 @@ from xmppd.plugins.roster import Doc, Roster, new_item
 from xmppd.jid import JID
 from xmppd.plugin import Context, Option, Plugin
 from xmppd.router import StanzaEvent
-from xmppd.xml.stanza import copy_stanza, make_stanza, parse_stanza
+from xmppd.xml.stanza import add_child, copy_stanza, make_stanza, parse_stanza
 from xmppd.xml.writer import serialize
 
+NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 HANDLED = True
 DIRECTED = "presence.directed"  # session.data key: JIDs that got directed presence from the session
@@ -50,6 +53,13 @@ class Presence(Plugin):
             ctx.hook(f"pre-presence/{to}", self.outbound, priority=50)
         ctx.hook("presence/bare", self.inbound, priority=50)
         ctx.hook("presence/full", self.inbound_full, priority=50)
+        ctx.hook("session-ended", self.session_ended)
+        ctx.hook("stream-features", self.on_features)
+
+    def on_features(self, event: Any) -> None:
+        """s3.4: a server that supports pre-approvals MUST advertise them."""
+        if event.stream.user is not None and not event.stream.bound:
+            add_child(event.features, NS_PREAPPROVAL, "sub")
 
     # -- outbound ------------------------------------------------------------------------------------------
 
@@ -72,9 +82,10 @@ class Presence(Plugin):
         """Appendix A.2: the user's server on an outbound subscription stanza."""
         user, contact = event.from_.local, str(event.to.bare)
         kind = event.type
-        stanza = make_stanza("presence", to=contact, from_=str(event.from_.bare), type_=kind)
-        for child in event.stanza:
-            stanza.append(copy_stanza(child))
+        # s3: the client's stanza (its id, xml:lang, extended content) stamped with the user's bare JID
+        stanza = copy_stanza(event.stanza)
+        stanza.set("to", contact)
+        stanza.set("from", str(event.from_.bare))
         route = True
 
         def change(doc: Doc) -> list[str] | None:
@@ -116,28 +127,27 @@ class Presence(Plugin):
                     return None
                 item["approved"] = True
                 return [contact]
-            # unsubscribed, s3.2.2: cancel or deny
-            changed = pending
+            # unsubscribed, s3.2.2: cancel or deny. Only a subscription or a pending request makes it go
+            # out (Table 5); cancelling a mere pre-approval changes the roster and sends nothing (rule 2).
+            route = pending or (item is not None and item["subscription"] in ("from", "both"))
             doc["pending"].pop(contact, None)
-            if item is not None:
-                old = item["subscription"], item["approved"]
-                item["subscription"] = {"from": "none", "both": "to"}.get(
-                    item["subscription"], item["subscription"]
-                )
-                item["approved"] = False
-                changed = changed or (item["subscription"], item["approved"]) != old
-            if not changed:
-                route = False
+            if item is None:
                 return None
-            return [contact] if item is not None else []
+            old = item["subscription"], item["approved"]
+            item["subscription"] = {"from": "none", "both": "to"}.get(
+                item["subscription"], item["subscription"]
+            )
+            item["approved"] = False
+            return [contact] if (item["subscription"], item["approved"]) != old else None
 
         await self.roster.modify(user, change)
         if route:
+            if kind == "unsubscribed":
+                # s3.2.2: unavailable from every available resource while the contact is still subscribed
+                self._send_unavailable(event.from_.bare, contact)
             self.ctx.send(stanza)
             if kind == "subscribed":
                 self._send_own_presence(event.from_.bare, contact)  # s3.1.5: the contact sees us at once
-            elif kind == "unsubscribed":
-                self._send_unavailable(event.from_.bare, contact)  # s3.2.2
         return HANDLED
 
     async def _broadcast(self, event: StanzaEvent, initial: bool) -> None:
@@ -176,6 +186,13 @@ class Presence(Plugin):
         elif target not in directed and len(directed) < self.ctx.option("max_directed"):
             directed.append(target)
 
+    def session_ended(self, event: Any) -> None:
+        """s4.6.3: directed-presence recipients learn the session left even if it never broadcast (an
+        available session's recipients were told by the unavailable broadcast, which empties the list)."""
+        session = event.session
+        for target in session.data.pop(DIRECTED, ()):
+            self.ctx.send(make_stanza("presence", to=target, from_=str(session.jid), type_="unavailable"))
+
     # -- inbound -------------------------------------------------------------------------------------------
 
     def inbound_full(self, event: StanzaEvent) -> Any:
@@ -200,11 +217,11 @@ class Presence(Plugin):
             return HANDLED  # RFC 6121 s8.5.1: silently ignored
         user, sender = event.to.local, str(event.from_.bare)
         kind = event.type
-        deliver = False
+        deliver = cancelled = False
         auto: str | None = None
 
         def change(doc: Doc) -> list[str] | None:
-            nonlocal deliver, auto
+            nonlocal deliver, auto, cancelled
             item = doc["items"].get(sender)
             if kind == "subscribe":  # s3.1.3
                 if item is not None and item["subscription"] in ("from", "both"):
@@ -215,7 +232,10 @@ class Presence(Plugin):
                     item["approved"] = False
                     auto = "subscribed"
                     return [sender]
-                if sender not in doc["pending"] and len(doc["pending"]) >= self.ctx.option("max_pending"):
+                if sender in doc["pending"]:  # Table 6: "Pending In" already, not delivered again
+                    doc["pending"][sender] = serialize(_as_bare(event.stanza, sender)).decode()
+                    return None
+                if len(doc["pending"]) >= self.ctx.option("max_pending"):
                     return None
                 doc["pending"][sender] = serialize(_as_bare(event.stanza, sender)).decode()
                 deliver = True
@@ -235,7 +255,7 @@ class Presence(Plugin):
                     deliver = had_pending
                     return None
                 item["subscription"] = {"from": "none", "both": "to"}[item["subscription"]]
-                deliver = True
+                deliver = cancelled = True
                 return [sender]
             # unsubscribed, s3.2.3
             if item is None or (item["subscription"] not in ("to", "both") and not item["ask"]):
@@ -247,38 +267,55 @@ class Presence(Plugin):
             deliver = True
             return [sender]
 
-        await self.roster.modify(user, change)
+        def notify() -> None:
+            """Deliver the stanza before the roster push it causes (s3.1.6, s3.2.3, s3.3.3): a request to
+            the available resources (s3.1.3), the others to the interested ones (and the available ones)."""
+            if not deliver:
+                return
+            owner = event.to.bare
+            sessions = self.ctx.sessions.available(owner)
+            if kind != "subscribe":
+                sessions += [s for s in self.roster.interested(owner) if s not in sessions]
+            stanza = _as_bare(event.stanza, sender)
+            for session in sessions:
+                self._deliver_to(session, stanza)
+
+        await self.roster.modify(user, change, before_push=notify)
         if auto:
             self.ctx.send(make_stanza("presence", to=sender, from_=str(event.to.bare), type_=auto))
             self._send_own_presence(event.to.bare, sender)
-        if deliver:
-            stanza = _as_bare(event.stanza, sender)
-            for session in self.ctx.sessions.available(event.to.bare):
-                self._deliver_to(session, stanza)
+        if cancelled:
+            self._send_unavailable(event.to.bare, sender)  # s3.3.3: the user no longer sees us
         return HANDLED
 
     async def _probe(self, event: StanzaEvent) -> Any:
-        """s4.3.2: the current presence of every available resource to a subscribed contact."""
+        """s4.3.2: the current presence of every available resource to a subscribed contact; a probe to a
+        full JID is answered for that resource only. Answers without a presence to copy mirror the probe's
+        id (s4.3.2.1)."""
         owner = event.to.bare
         if not await event.server.accounts.exists(owner):
             return HANDLED
+        prober, probe_id = str(event.from_), event.stanza.get("id")
         if event.from_.bare == owner:
             state = "both"
         else:
             state = await self.roster.subscription(owner.local, event.from_.bare)
         if state not in ("from", "both"):
-            self.ctx.send(
-                make_stanza("presence", to=str(event.from_), from_=str(owner), type_="unsubscribed")
-            )
+            reply = make_stanza("presence", to=prober, from_=str(owner), type_="unsubscribed", id_=probe_id)
+            self.ctx.send(reply)
             return HANDLED
         sessions = [s for s in self.ctx.sessions.available(owner) if s.presence is not None]
+        if event.to.resource is not None:
+            sessions = [s for s in sessions if s.jid == event.to]
         for session in sessions:
             stanza = copy_stanza(session.presence)
             stanza.set("from", str(session.jid))
-            stanza.set("to", str(event.from_))
+            stanza.set("to", prober)
             self.ctx.send(stanza)
         if not sessions:
-            self.ctx.send(make_stanza("presence", to=str(event.from_), from_=str(owner), type_="unavailable"))
+            self.ctx.send(
+                make_stanza("presence", to=prober, from_=str(event.to), type_="unavailable", id_=probe_id)
+            )
         return HANDLED
 
     # -- helpers -------------------------------------------------------------------------------------------

@@ -76,9 +76,16 @@ class Roster(Plugin):
         doc = await self.store.get(user)
         return doc if doc is not None else empty_roster()
 
-    async def modify(self, user: str, change: Callable[[Doc], list[str] | None]) -> Any:
+    async def modify(
+        self,
+        user: str,
+        change: Callable[[Doc], list[str] | None],
+        before_push: Callable[[], None] | None = None,
+    ) -> Any:
         """Apply ``change(doc)`` under the account's lock and save. ``change`` returns the contact JIDs whose
-        items it changed (or None); those are pushed with the new version. Returns that list."""
+        items it changed (or None); those are pushed with the new version. ``before_push`` runs once the
+        change is saved, before the pushes (for stanzas that must reach the user first, RFC 6121 s3.1.6).
+        Returns the list of changed contacts."""
         lock = self._locks.setdefault(user, DeferredLock())
         await lock.acquire()
         try:
@@ -91,6 +98,8 @@ class Roster(Plugin):
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user, None)
+        if before_push is not None:
+            before_push()
         for contact in changed:
             self.push(user, contact, doc["items"].get(contact), doc["ver"])
         return changed
@@ -100,13 +109,14 @@ class Roster(Plugin):
         item = (await self.load(user))["items"].get(str(contact.bare))
         return item["subscription"] if item else "none"
 
+    def interested(self, bare: JID) -> list[Any]:
+        """The account's interested resources: those that asked for the roster (s2.2)."""
+        return [s for s in self.ctx.sessions.sessions_of(bare) if s.data.get("roster")]
+
     def push(self, user: str, contact: str, item: dict[str, Any] | None, ver: int) -> None:
         """A roster push (s2.1.6) of one item, or its removal when ``item`` is None, to every interested
         resource of the account."""
-        bare = JID(user, self.ctx.domain)
-        for session in self.ctx.sessions.sessions_of(bare):
-            if not session.data.get("roster"):
-                continue
+        for session in self.interested(JID(user, self.ctx.domain)):
             iq = make_stanza("iq", to=str(session.jid), type_="set", id_=f"push{ver}")
             query = add_child(iq, NS_ROSTER, "query")
             query.set("ver", str(ver))
@@ -189,6 +199,9 @@ class Roster(Plugin):
         if subscription in ("to", "both") or removed.get("ask"):
             self.ctx.send(make_stanza("presence", to=key, from_=owner, type_="unsubscribe"))
         if subscription in ("from", "both"):
+            # s3.2.2: the contact gets unavailable from every available resource while still subscribed
+            for session in self.ctx.sessions.available(event.from_.bare):
+                self.ctx.send(make_stanza("presence", to=key, from_=str(session.jid), type_="unavailable"))
             self.ctx.send(make_stanza("presence", to=key, from_=owner, type_="unsubscribed"))
         return event.result()
 

@@ -15,7 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PLUGINS = ["disco", "ping", "version", "time", "last", "contact_info"]
+DEFAULT_PLUGINS = [
+    "disco",
+    "ping",
+    "version",
+    "time",
+    "last",
+    "contact_info",
+    "roster",
+    "presence",
+    "offline",
+    "blocking",
+    "vcard",
+    "private",
+    "caps",
+]
 
 
 class ConfigError(Exception):

@@ -47,7 +47,12 @@ def creds(name: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def server(module_xmpp_process):
     return module_xmpp_process(
-        config={"listen": {"c2s_direct_tls": ["tcp:0:interface=127.0.0.1"]}},
+        # The core's own c2s and routing rules, without the IM plugins (no offline storage: messages to
+        # unavailable accounts bounce, RFC 6121 s8.5.2.2.1).
+        config={
+            "listen": {"c2s_direct_tls": ["tcp:0:interface=127.0.0.1"]},
+            "plugins": {"enabled": ["disco", "ping", "version", "time", "last", "contact_info"]},
+        },
         users={f"{name}@localhost": pw for name, pw in PASSWORDS.items()},
     )
 

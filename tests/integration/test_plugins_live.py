@@ -323,11 +323,11 @@ def test_unload_load_and_reload_while_clients_stay_connected(xmpp_process):
             assert alice.connected and bob.connected
             await assert_can_message(bob, alice, "still here after reload")
 
-            # disco is required by contact_info: refused, and nothing changes
+            # disco is required by contact_info and caps: refused, and nothing changes
             result = await ctl(proc, "plugins", "unload", "disco")
             assert result.returncode == 1
             assert result.stderr.strip() == (
-                "xmppdctl: plugin 'disco' is required by contact_info on localhost; unload those first"
+                "xmppdctl: plugin 'disco' is required by contact_info, caps on localhost; unload those first"
             )
             assert DEFAULT_FEATURES <= await features(alice)
 

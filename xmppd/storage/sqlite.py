@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 
 from xmppd.storage.base import StorageError
 
 SCHEMA_VERSION = 1
+MAX_DRAIN_ROUNDS = 100  # stop() waits through at most this many generations of follow-up operations
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -40,6 +41,7 @@ class SQLiteStorage:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._pool: adbapi.ConnectionPool | None = None
+        self._in_flight: set[Deferred] = set()
 
     def start(self) -> Deferred[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,18 +70,37 @@ class SQLiteStorage:
                 f"({SCHEMA_VERSION}); upgrade xmppd"
             )
 
+    @inlineCallbacks
     def stop(self) -> Deferred[None]:
-        from twisted.internet.defer import succeed
-
+        """Close the database once every operation already asked for has finished, including those
+        that callers start from the callbacks of finishing ones (a read, then the write it leads to),
+        so that nothing a user was told is stored gets cut off by a shutdown."""
+        for _ in range(MAX_DRAIN_ROUNDS):
+            if not self._in_flight:
+                break
+            yield DeferredList(list(self._in_flight), consumeErrors=True)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        return succeed(None)
+
+    def _track(self, d: Deferred) -> Deferred:
+        self._in_flight.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     def _run(self, query: str, args: tuple) -> Deferred:
         if self._pool is None:
             raise StorageError("storage is not started")
-        return self._pool.runQuery(query, args)
+        return self._track(self._pool.runQuery(query, args))
+
+    def _operation(self, query: str, args: tuple) -> Deferred:
+        if self._pool is None:
+            raise StorageError("storage is not started")
+        return self._track(self._pool.runOperation(query, args))
 
     def get(self, host: str, store: str, user: str) -> Deferred[Any | None]:
         d = self._run(
@@ -88,14 +109,12 @@ class SQLiteStorage:
         return d.addCallback(lambda rows: json.loads(rows[0][0]) if rows else None)
 
     def set(self, host: str, store: str, user: str, value: Any | None) -> Deferred[None]:
-        if self._pool is None:
-            raise StorageError("storage is not started")
         if value is None:
-            d = self._pool.runOperation(
+            d = self._operation(
                 "DELETE FROM keyval WHERE host = ? AND store = ? AND user = ?", (host, store, user)
             )
         else:
-            d = self._pool.runOperation(
+            d = self._operation(
                 "INSERT INTO keyval (host, store, user, value) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (host, store, user) DO UPDATE SET value = excluded.value",
                 (host, store, user, json.dumps(value)),
@@ -107,7 +126,5 @@ class SQLiteStorage:
         return d.addCallback(lambda rows: [r[0] for r in rows])
 
     def purge_user(self, host: str, user: str) -> Deferred[None]:
-        if self._pool is None:
-            raise StorageError("storage is not started")
-        d = self._pool.runOperation("DELETE FROM keyval WHERE host = ? AND user = ?", (host, user))
+        d = self._operation("DELETE FROM keyval WHERE host = ? AND user = ?", (host, user))
         return d.addCallback(lambda _: None)

@@ -1,0 +1,224 @@
+"""Offline messages (XEP-0160): keep chat and normal messages for an account with no available resource,
+and hand them to the first session that becomes available with a non-negative priority.
+
+Storage (XEP-0160 s2, steps 2-4): the core fires ``message/offline`` for a ``chat`` or ``normal`` message
+to an existing account that has no available resource of non-negative priority (RFC 6121 s8.5.2.2.1;
+``headline`` and ``groupchat`` never get here, as XEP-0160 s3 recommends). The message is stored, as the
+stanza's XML text in the plugin's per-user store, with a XEP-0203 ``<delay/>`` from the domain saying
+when (XEP-0160 s2 recommends it). What is not stored:
+
+* a message carrying the XEP-0334 ``<no-store/>`` hint (s4.2: not even temporarily for an offline
+  client): the core answers it ``service-unavailable``, as for any message nobody stores, so the sender
+  knows it was not delivered;
+* a message with nothing to deliver later: no child but XEP-0085 chat states, ``<thread/>`` and hints.
+  XEP-0160 s3 says chat messages with only chat-state content SHOULD NOT be stored, and XEP-0085
+  ("Server Handling of Notifications") lets a server refuse standalone notifications; they are dropped
+  silently, since bouncing "is typing" would only make noise. A ``<store/>`` hint (XEP-0334 s4.4)
+  overrides this;
+* anything once the account holds ``max_messages``: the sender gets ``service-unavailable`` (XEP-0160 s2,
+  step 3: "because the recipient's offline message queue is full").
+
+Delivery (XEP-0160 s2, step 5): when a session sends broadcast presence that makes it available with a
+non-negative priority (its initial presence, or a priority raised from negative), every stored message
+goes to that session in the order it arrived, and the store is emptied. Stored stanzas are sent as they
+were, so a stanza stored for a full JID keeps that ``to``.
+
+Reads and writes of one account's store run one at a time (a per-account queue that exists only while
+work is pending), so messages arriving together are all kept and a delivery never races a store.
+The domain advertises ``msgoffline`` (XEP-0160 s4). Deleting an account purges its store with it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from lxml import etree
+from twisted.internet.defer import Deferred, DeferredLock, fail
+
+from xmppd.plugin import Context, Option, Plugin
+from xmppd.router import StanzaEvent
+from xmppd.xml.stanza import add_child, copy_stanza, parse_stanza
+from xmppd.xml.writer import serialize
+
+FEATURE = "msgoffline"
+NS_DELAY = "urn:xmpp:delay"
+NS_HINTS = "urn:xmpp:hints"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+
+#: Accounts with store work pending at once, and operations queued for one account, before new work is
+#: refused with resource-constraint (DESIGN.md: nothing unbounded, even when storage is slow).
+MAX_BUSY_ACCOUNTS = 10000
+MAX_QUEUED_PER_ACCOUNT = 1000
+
+
+class QueueFull(Exception):
+    """Too much store work is pending (for one account, or overall)."""
+
+
+class KeyedSerializer:
+    """Runs operations one at a time per key (an account), in the order they were asked for.
+
+    A key has an entry only while operations for it are running or queued, so the table empties when the
+    server is idle; both the number of busy keys and the queue of one key are bounded (QueueFull).
+    """
+
+    def __init__(self, max_keys: int = MAX_BUSY_ACCOUNTS, max_queued: int = MAX_QUEUED_PER_ACCOUNT) -> None:
+        self.max_keys = max_keys
+        self.max_queued = max_queued
+        self._locks: dict[str, DeferredLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def run(self, key: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """``fn(*args)`` (a plain function, a coroutine function or one returning a Deferred) once the
+        operations queued before it for ``key`` are done; a Deferred of its result."""
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) >= self.max_keys:
+                return fail(QueueFull(f"{len(self._locks)} accounts have store work pending"))
+            lock = self._locks[key] = DeferredLock()
+        elif len(lock.waiting) >= self.max_queued:
+            return fail(QueueFull(f"{len(lock.waiting)} operations queued for {key}"))
+
+        def done(result: Any) -> Any:
+            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
+                del self._locks[key]
+            return result
+
+        return lock.run(fn, *args).addBoth(done)
+
+
+def delay_stamp(seconds: float) -> str:
+    """A XEP-0082 DateTime in UTC with milliseconds, as XEP-0203 uses: ``2002-09-10T23:08:25.000Z``."""
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+STORE, DROP, REFUSE = "store", "drop", "refuse"
+
+
+def storage_decision(message: etree._Element) -> str:
+    """What XEP-0160 s3 and the XEP-0334 hints say to do with a message for an offline account:
+    STORE it, DROP it silently (chat states only, nothing to deliver) or REFUSE it (no-store)."""
+    prefix = f"{{{NS_HINTS}}}"
+    hints = {c.tag[len(prefix) :] for c in message if isinstance(c.tag, str) and c.tag.startswith(prefix)}
+    if "no-store" in hints:
+        return REFUSE  # XEP-0334 s4.2
+    if "store" in hints:
+        return STORE  # XEP-0334 s4.4
+    for child in message:
+        if not isinstance(child.tag, str) or child.tag == "thread":
+            continue
+        ns = etree.QName(child).namespace
+        if ns not in (NS_CHATSTATES, NS_HINTS):
+            return STORE  # a body, a subject, or any payload worth delivering later
+    return DROP  # XEP-0160 s3, XEP-0085: standalone chat states (or nothing at all)
+
+
+class OfflineMessages(Plugin):
+    """XEP-0160 offline message storage and delivery, with XEP-0203 delay stamps."""
+
+    name = "offline"
+    options = {
+        "max_messages": Option(int, 100, "messages kept per account while it is offline", min=1),
+    }
+
+    def setup(self, ctx: Context) -> None:
+        ctx.add_feature(FEATURE)
+        ctx.hook("message/offline", self.on_offline)
+        # Above 0 so that it sees every broadcast presence; it never stops the presence (returns None).
+        ctx.hook("pre-presence/bare", self.on_presence, priority=10)
+        self.store = ctx.store()
+        self.queue = KeyedSerializer()
+
+    # -- storing ---------------------------------------------------------------------------------------
+
+    def on_offline(self, event: StanzaEvent) -> Any:
+        decision = storage_decision(event.stanza)
+        if decision == DROP:
+            return True
+        if decision == REFUSE:
+            return None  # the core answers service-unavailable: the message was not delivered
+        d = self.queue.run(event.to.local, self._append, event)
+        return d.addErrback(self._busy, event)
+
+    def _busy(self, failure: Any, event: StanzaEvent) -> etree._Element:
+        failure.trap(QueueFull)
+        self.ctx.log.warn(
+            "offline message for {user} refused: {reason}", user=event.to.bare, reason=failure.value
+        )
+        return event.error("resource-constraint")
+
+    async def _append(self, event: StanzaEvent) -> Any:
+        user = event.to.local
+        stored: list[str] = await self.store.get(user) or []
+        limit = self.ctx.option("max_messages")
+        if len(stored) >= limit:
+            # XEP-0160 s2 step 3: a full queue means service-unavailable to the sender.
+            self.ctx.log.info(
+                "offline store of {user} is full ({count} messages); a message from {sender} was refused",
+                user=event.to.bare,
+                count=len(stored),
+                sender=event.from_,
+            )
+            return event.error("service-unavailable", "cancel")
+        message = copy_stanza(event.stanza)
+        message.tail = None
+        delay = add_child(message, NS_DELAY, "delay", "Offline Storage")
+        delay.set("from", self.ctx.domain)
+        delay.set("stamp", delay_stamp(self.ctx.clock.seconds()))
+        stored.append(serialize(message).decode("utf-8"))
+        await self.store.set(user, stored)
+        self.ctx.log.debug(
+            "stored an offline message for {user} from {sender}", user=event.to.bare, sender=event.from_
+        )
+        return True
+
+    # -- delivering ------------------------------------------------------------------------------------
+
+    def on_presence(self, event: StanzaEvent) -> None:
+        """Broadcast presence of a session: deliver when it turns available with priority >= 0."""
+        session = event.origin
+        change = event.presence_change
+        if session is None or change is None or event.stanza.get("to") is not None:
+            return None
+        # The router has recorded the new availability and priority on the session already.
+        eligible = change != "unavailable" and self._eligible(session)
+        was_eligible = session.data.get(self.name, False)
+        session.data[self.name] = eligible
+        if eligible and not was_eligible:
+            d = self.queue.run(session.jid.local, self._deliver, session)
+            d.addErrback(
+                lambda f: self.ctx.log.failure(
+                    "delivering offline messages to {jid} failed", f, jid=session.jid
+                )
+            )
+        return None
+
+    def _eligible(self, session: Any) -> bool:
+        """Still bound, available, and with a non-negative priority (XEP-0160 s2 step 5)."""
+        return (
+            self.ctx.sessions.get(session.jid) is session
+            and session.priority is not None
+            and session.priority >= 0
+        )
+
+    async def _deliver(self, session: Any) -> None:
+        user = session.jid.local
+        stored: list[str] = await self.store.get(user) or []
+        if not stored or not self._eligible(session):
+            return  # nothing, or the session went away meanwhile: keep them for the next one
+        for text in stored:
+            try:
+                message = parse_stanza(text)
+            except ValueError as e:
+                self.ctx.log.error(
+                    "an offline message of {user} could not be read: {error}", user=user, error=e
+                )
+                continue
+            session.send(message)
+        await self.store.set(user, None)
+        self.ctx.log.info("delivered {count} offline message(s) to {jid}", count=len(stored), jid=session.jid)
