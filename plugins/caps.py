@@ -31,11 +31,12 @@ from typing import Any, NamedTuple
 
 from lxml import etree
 from twisted.python.failure import Failure
+from xmppd.plugins.disco import info_query
 
 from xmppd.jid import JID, JIDError, parse_jid
 from xmppd.plugin import Context, Option, Plugin
 from xmppd.router import IQError, IQTimeout, StanzaEvent
-from xmppd.xml.stanza import XML_LANG, add_child, copy_stanza, make_stanza, payload
+from xmppd.xml.stanza import XML_LANG, add_child, make_stanza, payload
 
 NS_CAPS = "http://jabber.org/protocol/caps"
 NS_INFO = "http://jabber.org/protocol/disco#info"
@@ -502,20 +503,8 @@ class EntityCapabilities(Plugin):
     # -- the server's own caps (s6.3) --------------------------------------------------------------------
 
     def own_query(self) -> etree._Element:
-        """The domain's disco#info ``<query/>`` as the disco plugin answers it (identities once each)."""
-        host = self.ctx.host
-        query = etree.Element(f"{{{NS_INFO}}}query", nsmap={None: NS_INFO})
-        for category, type_, name in sorted({(c, t, n or "") for c, t, n, _ in host.identities}):
-            identity = add_child(query, NS_INFO, "identity")
-            identity.set("category", category)
-            identity.set("type", type_)
-            if name:
-                identity.set("name", name)
-        for var in sorted(host.features):
-            add_child(query, NS_INFO, "feature").set("var", var)
-        for form, _ in host.extensions:
-            query.append(copy_stanza(form))
-        return query
+        """The domain's disco#info ``<query/>``, exactly as the disco plugin answers it."""
+        return info_query(self.ctx.host)
 
     def own_caps(self) -> tuple[str, etree._Element] | None:
         """The domain's verification string and the query it covers; None if the data is ill-formed

@@ -20,6 +20,23 @@ NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 
 
+def info_query(host: Any) -> etree._Element:
+    """The domain's disco#info ``<query/>`` (XEP-0030 s3.1): identities (each once), features and
+    XEP-0128 forms as the loaded plugins declare them now. The caps plugin hashes the same query."""
+    query = etree.Element(f"{{{NS_INFO}}}query", nsmap={None: NS_INFO})
+    for category, type_, name in sorted({(c, t, n or "") for c, t, n, _ in host.identities}):
+        identity = add_child(query, NS_INFO, "identity")
+        identity.set("category", category)
+        identity.set("type", type_)
+        if name:
+            identity.set("name", name)
+    for var in sorted(host.features):
+        add_child(query, NS_INFO, "feature").set("var", var)
+    for form, _ in host.extensions:
+        query.append(copy_stanza(form))
+    return query
+
+
 def presence_authorized(event: StanzaEvent) -> Deferred[bool]:
     """Whether the sender may see the addressed account's presence-like data: its owner always; others
     when a plugin (the roster: a subscription from/both) answers the ``presence-authorized`` event with
@@ -59,18 +76,8 @@ class ServiceDiscovery(Plugin):
     def host_info(self, event: StanzaEvent) -> Any:
         if event.stanza[0].get("node"):
             return event.error("item-not-found")  # no nodes are defined on the domain yet
-        host = event.host
-        reply, query = self._reply(event, NS_INFO)
-        for category, type_, name, _ in sorted(host.identities, key=lambda i: (i[0], i[1])):
-            identity = add_child(query, NS_INFO, "identity")
-            identity.set("category", category)
-            identity.set("type", type_)
-            if name:
-                identity.set("name", name)
-        for var in sorted(host.features):
-            add_child(query, NS_INFO, "feature").set("var", var)
-        for form, _ in host.extensions:
-            query.append(copy_stanza(form))
+        reply = event.result()
+        reply.append(info_query(event.host))
         return reply
 
     def host_items(self, event: StanzaEvent) -> Any:

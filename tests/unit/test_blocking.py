@@ -32,15 +32,8 @@ def online(server: Any, jid: str, *, create: bool = True) -> Any:
     client = server.login(jid, create=create, available=True)
     for other in server.clients:
         if other.jid and other.jid.split("/")[0] == jid.split("/")[0]:
-            received(other)
+            other.drain()
     return client
-
-
-def received(client: Any) -> list[etree._Element]:
-    client._pump()
-    stanzas = list(client.inbox)
-    client.inbox.clear()
-    return stanzas
 
 
 def items(*jids: str) -> str:
@@ -94,7 +87,7 @@ def test_empty_list_block_get_unblock(server):
     )
     assert blocklist(alice) == ["romeo@montague.lit", "iago@shakespeare.lit/Evil"]
     assert block(alice, "romeo@montague.lit", "nurse@capulet.lit").get("type") == "result"
-    received(alice)
+    alice.drain()
     assert blocklist(alice) == ["romeo@montague.lit", "iago@shakespeare.lit/Evil", "nurse@capulet.lit"]
     assert unblock(alice, "romeo@montague.lit", "unknown@x.lit").get("type") == "result"
     alice.expect(
@@ -173,8 +166,8 @@ def test_messages_from_a_blocked_contact_are_refused(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     block(alice, "bob@localhost")
-    received(alice)
-    received(bob)
+    alice.drain()
+    bob.drain()
     bob.send("<message to='alice@localhost' type='chat' id='m1'><body>hi</body></message>")
     bob.expect(
         "<message type='error' id='m1' from='alice@localhost' to='bob@localhost/pc'>"
@@ -192,8 +185,8 @@ def test_iq_and_presence_from_a_blocked_contact(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     block(alice, "bob@localhost")
-    received(alice)
-    received(bob)
+    alice.drain()
+    bob.drain()
     bob.send("<iq type='get' id='v' to='alice@localhost/phone'><query xmlns='jabber:iq:version'/></iq>")
     assert_error(bob.next(), "service-unavailable", "v")
     bob.send("<iq type='get' id='p' to='alice@localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -210,7 +203,7 @@ def test_a_blocked_full_jid_blocks_only_that_resource(server):
     bob_pc = online(server, "bob@localhost/pc")
     bob_phone = online(server, "bob@localhost/phone", create=False)
     block(alice, "bob@localhost/pc")
-    received(alice)
+    alice.drain()
     bob_pc.expect("<presence type='unavailable' from='alice@localhost/phone' to='bob@localhost/pc'/>")
     bob_phone.expect_nothing()
     bob_pc.send("<message to='alice@localhost' type='chat' id='1'><body>a</body></message>")
@@ -225,7 +218,7 @@ def test_a_blocked_domain_blocks_every_account_there(make_xmpp):
     carol = online(server, "carol@example.org/pc")
     bob = online(server, "bob@localhost/pc")
     block(alice, "example.org")
-    received(alice)
+    alice.drain()
     carol.send("<message to='alice@localhost' type='chat' id='1'><body>a</body></message>")
     assert_error(carol.next(), "service-unavailable", "1")
     bob.send("<message to='alice@localhost' type='chat' id='2'><body>b</body></message>")
@@ -253,10 +246,10 @@ def test_unblocking_lets_stanzas_through_again(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     block(alice, "bob@localhost")
-    received(alice)
-    received(bob)
+    alice.drain()
+    bob.drain()
     unblock(alice, "bob@localhost")
-    received(alice)
+    alice.drain()
     bob.send("<message to='alice@localhost' type='chat' id='1'><body>back</body></message>")
     assert alice.next().findtext("body") == "back"
     bob.expect_nothing()
@@ -269,8 +262,8 @@ def test_sending_to_a_blocked_jid_is_not_acceptable(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     block(alice, "bob@localhost")
-    received(alice)
-    received(bob)
+    alice.drain()
+    bob.drain()
     alice.send(
         "<message to='bob@localhost/pc' type='chat' id='m'><body>Can you hear me now?</body></message>"
     )
@@ -293,7 +286,7 @@ def test_the_own_server_and_account_stay_reachable_when_blocking_the_own_domain(
     alice = online(server, "alice@localhost/phone")
     phone2 = online(server, "alice@localhost/pc", create=False)
     block(alice, "localhost")
-    received(alice)
+    alice.drain()
     alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     alice.expect("<iq type='result' id='p' from='localhost'/>")
     alice.send("<message to='alice@localhost/pc' type='chat' id='s'><body>note to self</body></message>")
@@ -343,17 +336,17 @@ def test_blocking_sends_unavailable_presence_from_each_resource(with_roster):
     bob = online(server, "bob@localhost/pc")
     alice = online(server, "alice@localhost/phone")
     pc = online(server, "alice@localhost/pc", create=False)
-    received(bob)
+    bob.drain()
     block(alice, "bob@localhost")
-    got = received(bob)
+    got = bob.drain()
     assert sorted((p.tag, p.get("type"), p.get("from"), p.get("to")) for p in got) == [
         ("presence", "unavailable", "alice@localhost/pc", "bob@localhost"),
         ("presence", "unavailable", "alice@localhost/phone", "bob@localhost"),
     ]
     # and later broadcasts no longer reach bob
-    received(alice)
+    alice.drain()
     pc.send("<presence><show>away</show></presence>")
-    received(pc)
+    pc.drain()
     bob.expect_nothing()
 
 
@@ -362,12 +355,12 @@ def test_unblocking_sends_current_presence_to_a_subscribed_contact_only(with_ros
     bob = online(server, "bob@localhost/pc")
     carol = online(server, "carol@localhost/pc")
     alice = online(server, "alice@localhost/phone")
-    received(bob)
+    bob.drain()
     block(alice, "bob@localhost", "carol@localhost")
     alice.send("<presence><show>dnd</show><status>busy</status></presence>")
-    received(alice)
-    received(bob)
-    received(carol)
+    alice.drain()
+    bob.drain()
+    carol.drain()
     unblock(alice)
     bob.expect(
         "<presence from='alice@localhost/phone' to='bob@localhost'>"

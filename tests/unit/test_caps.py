@@ -20,7 +20,7 @@ from xmppd.plugins.caps import (
 
 from xmppd.config import DEFAULT_PLUGINS
 from xmppd.jid import parse_jid
-from xmppd.testing import ExpectationError, _sasl, parse_pattern
+from xmppd.testing import _sasl, parse_pattern
 from xmppd.testing.scram import ScramClient
 from xmppd.xml.stanza import error_condition
 
@@ -181,22 +181,12 @@ def caps_server(make_xmpp, **options):
     return xmpp, xmpp.server.plugins.instance("localhost", "caps"), events
 
 
-def drain(client) -> list[etree._Element]:
-    """Everything the client has received so far."""
-    received = []
-    while True:
-        try:
-            received.append(client.next())
-        except ExpectationError:
-            return received
-
-
 def queries(received: list[etree._Element]) -> list[etree._Element]:
     return [el for el in received if el.tag == "iq" and el.find(f"{{{NS_INFO}}}query") is not None]
 
 
 def one_query(client, node: str = f"{EXODUS_NODE}#{EXODUS_VER}") -> etree._Element:
-    found = queries(drain(client))
+    found = queries(client.drain())
     assert len(found) == 1, found
     iq = found[0]
     assert iq.get("type") == "get"
@@ -226,7 +216,7 @@ def test_new_ver_is_queried_verified_cached_and_announced(make_xmpp):
     # s1.2, s8.2: another client advertising the same ver is not asked.
     bob = xmpp.login("bob@localhost/pc")
     bob.send(caps_presence(node="http://other.example/client"))
-    assert queries(drain(bob)) == []
+    assert queries(bob.drain()) == []
     assert caps.features(parse_jid("bob@localhost/pc")) == EXODUS_FEATURES
     assert [e.session.jid for e in events] == [jid, parse_jid("bob@localhost/pc")]
     assert caps.features(parse_jid("bob@localhost/nothing")) is None
@@ -239,7 +229,7 @@ def test_one_query_per_ver_in_flight(make_xmpp):
     alice.send(caps_presence())
     bob.send(caps_presence())
     query = one_query(alice)
-    assert queries(drain(bob)) == []
+    assert queries(bob.drain()) == []
     alice.send(info_result(query.get("id")))
     assert caps.features(parse_jid("bob@localhost/pc")) == EXODUS_FEATURES
     assert len(events) == 2
@@ -258,7 +248,7 @@ def test_wrong_answer_is_not_cached_and_another_account_is_asked(make_xmpp):
     assert caps.features(parse_jid("alice@localhost/phone")) is None
     assert xmpp.server.storage.get("localhost", "caps", f"sha-1:{EXODUS_VER}").result is None
     assert events == []
-    assert queries(drain(laptop)) == []  # the same account is not asked again
+    assert queries(laptop.drain()) == []  # the same account is not asked again
     query = one_query(bob)
     bob.send(info_result(query.get("id")))
     for jid in ("alice@localhost/phone", "alice@localhost/laptop", "bob@localhost/pc"):
@@ -323,7 +313,7 @@ def test_unavailable_and_logout_forget_the_session(make_xmpp):
     assert caps.features(jid) is None
     assert "caps" not in session.data
     alice.send(caps_presence())  # known now: no query, known at once
-    assert queries(drain(alice)) == []
+    assert queries(alice.drain()) == []
     assert caps.features(jid) == EXODUS_FEATURES
     alice.disconnect()
     assert "caps" not in session.data
@@ -348,7 +338,7 @@ def test_legacy_caps_are_ignored(make_xmpp):
     xmpp, caps, _ = caps_server(make_xmpp)
     alice = xmpp.login("alice@localhost/phone")
     alice.send(caps_presence(ver="0.9", hash_=None))
-    assert queries(drain(alice)) == []
+    assert queries(alice.drain()) == []
     assert caps.features(parse_jid("alice@localhost/phone")) is None
 
 
@@ -383,7 +373,7 @@ def test_bounded_number_of_queries_in_flight(make_xmpp):
     alice.send(caps_presence())
     bob.send(caps_presence(ver=PSI_VER, node="http://psi-im.org"))
     one_query(alice)
-    assert queries(drain(bob)) == []
+    assert queries(bob.drain()) == []
     assert caps.features(parse_jid("bob@localhost/pc")) is None
 
 
@@ -399,7 +389,7 @@ def test_lru_eviction_falls_back_to_storage_and_reload_keeps_sessions(make_xmpp)
     assert caps.features(parse_jid("alice@localhost/phone")) == EXODUS_FEATURES  # ...not from alice
     carol = xmpp.login("carol@localhost/tab")
     carol.send(caps_presence())
-    assert queries(drain(carol)) == []  # read back from the store
+    assert queries(carol.drain()) == []  # read back from the store
     assert caps.features(parse_jid("carol@localhost/tab")) == EXODUS_FEATURES
 
     xmpp.server.plugins.reload("caps")  # a new instance, memory empty: sessions are picked up again
@@ -407,7 +397,7 @@ def test_lru_eviction_falls_back_to_storage_and_reload_keeps_sessions(make_xmpp)
     assert fresh is not caps
     assert fresh.features(parse_jid("alice@localhost/phone")) == EXODUS_FEATURES
     assert fresh.features(parse_jid("bob@localhost/pc")) is not None
-    assert queries(drain(alice)) == [] and queries(drain(bob)) == []
+    assert queries(alice.drain()) == [] and queries(bob.drain()) == []
 
 
 def test_tampered_storage_is_not_trusted(make_xmpp):
@@ -429,8 +419,8 @@ def test_presence_is_relayed_with_the_c_element_unchanged(make_xmpp):
     alice = xmpp.login("alice@localhost/phone", available=True)
     laptop = xmpp.login("alice@localhost/laptop", create=False, available=True)
     bob = xmpp.login("bob@localhost/pc", available=True)
-    drain(alice)
-    drain(laptop)
+    alice.drain()
+    laptop.drain()
     c = f"<c xmlns='{NS_CAPS}' hash='sha-1' node='{EXODUS_NODE}' ver='{EXODUS_VER}' ext='x y'/>"
     sent = parse_pattern(f"<presence><show>dnd</show>{c}</presence>").find(f"{{{NS_CAPS}}}c")
 
@@ -441,11 +431,11 @@ def test_presence_is_relayed_with_the_c_element_unchanged(make_xmpp):
         assert len(got[0]) == 0 and not got[0].text
 
     alice.send(f"<presence><show>dnd</show>{c}</presence>")  # broadcast: the other resource sees it
-    presences = [el for el in drain(laptop) if el.tag == "presence"]
+    presences = [el for el in laptop.drain() if el.tag == "presence"]
     assert [p.get("from") for p in presences] == ["alice@localhost/phone"]
     same_c(presences[0])
     alice.send(f"<presence to='bob@localhost'>{c}</presence>")  # directed: bob sees it
-    presences = [el for el in drain(bob) if el.tag == "presence"]
+    presences = [el for el in bob.drain() if el.tag == "presence"]
     assert [p.get("from") for p in presences] == ["alice@localhost/phone"]
     same_c(presences[0])
 
@@ -457,11 +447,11 @@ def test_broadcast_to_contacts_keeps_the_c_element(make_xmpp):
     bob = xmpp.login("bob@localhost/pc", available=True)
     bob.send("<presence to='alice@localhost' type='subscribe'/>")  # bob asks to see alice's presence
     alice.send("<presence to='bob@localhost' type='subscribed'/>")
-    drain(alice)
-    drain(bob)
+    alice.drain()
+    bob.drain()
     c = f"<c xmlns='{NS_CAPS}' hash='sha-1' node='{EXODUS_NODE}' ver='{EXODUS_VER}'/>"
     alice.send(f"<presence>{c}</presence>")
-    presences = [el for el in drain(bob) if el.tag == "presence"]
+    presences = [el for el in bob.drain() if el.tag == "presence"]
     assert [p.get("from") for p in presences] == ["alice@localhost/phone"]
     got = presences[0].findall(f"{{{NS_CAPS}}}c")
     assert [dict(el.attrib) for el in got] == [{"hash": "sha-1", "node": EXODUS_NODE, "ver": EXODUS_VER}]
@@ -543,10 +533,10 @@ def test_one_account_cannot_take_every_query_slot(make_xmpp):
     mallory = xmpp.login("mallory@localhost/a")
     for n in range(5):
         mallory.send(caps_presence(ver=f"v{n}"))
-    assert len(queries(drain(mallory))) == 3
+    assert len(queries(mallory.drain())) == 3
     alice = xmpp.login("alice@localhost/phone")
     alice.send(caps_presence())
     one_query(alice)  # the fourth slot is still free for others
     xmpp.advance(31)  # all timed out: the account may be asked again
     mallory.send(caps_presence(ver="v9"))
-    assert len(queries(drain(mallory))) == 1
+    assert len(queries(mallory.drain())) == 1

@@ -44,13 +44,6 @@ def come_online(server: Any, jid: str, priority: int = 0, *, create: bool = Fals
     return client
 
 
-def received(client: Any) -> list[etree._Element]:
-    client._pump()
-    stanzas = list(client.inbox)
-    client.inbox.clear()
-    return stanzas
-
-
 def bodies(stanzas: list[etree._Element]) -> list[str]:
     return [s.findtext("body") for s in stanzas if s.tag == "message"]
 
@@ -95,7 +88,7 @@ def test_messages_are_delivered_in_the_order_they_arrived_and_only_once(server):
     alice.send(chat("bob@localhost/gone", "three", "3"))  # to an absent resource: stored too (s8.5.3.2.1)
     carol.send("<message to='bob@localhost' id='4'><subject>four</subject><body>four</body></message>")
     bob = come_online(server, "bob@localhost/pc")
-    got = received(bob)
+    got = bob.drain()
     assert bodies(got) == ["one", "two", "three", "four"]
     assert [m.get("from") for m in got if m.tag == "message"] == [
         "alice@localhost/phone",
@@ -106,7 +99,7 @@ def test_messages_are_delivered_in_the_order_they_arrived_and_only_once(server):
     assert got[2].get("to") == "bob@localhost/gone"
     bob.disconnect()
     again = come_online(server, "bob@localhost/laptop")
-    assert bodies(received(again)) == []
+    assert bodies(again.drain()) == []
 
 
 def test_a_full_store_answers_service_unavailable(make_xmpp):
@@ -124,7 +117,7 @@ def test_a_full_store_answers_service_unavailable(make_xmpp):
     )
     assert error.find("body") is None  # the error does not echo the message
     bob = come_online(server, "bob@localhost/pc")
-    assert bodies(received(bob)) == ["one", "two"]
+    assert bodies(bob.drain()) == ["one", "two"]
     bob.disconnect()
     alice.send(chat("bob@localhost", "four", "4"))  # room again once delivered
     alice.expect_nothing()
@@ -138,7 +131,7 @@ def test_headline_and_groupchat_are_not_stored(server):
     alice.send(chat("bob@localhost", "room", "g", type_="groupchat"))
     assert error_condition(alice.next()) == "service-unavailable"
     bob = come_online(server, "bob@localhost/pc")
-    assert bodies(received(bob)) == []
+    assert bodies(bob.drain()) == []
 
 
 def test_a_negative_priority_session_does_not_receive_them_until_it_raises_its_priority(server):
@@ -153,7 +146,7 @@ def test_a_negative_priority_session_does_not_receive_them_until_it_raises_its_p
     shy.expect("<presence><show>away</show></presence>")
     shy.expect_nothing()
     shy.send("<presence><priority>1</priority></presence>")
-    assert bodies(received(shy)) == ["stored despite shy"]
+    assert bodies(shy.drain()) == ["stored despite shy"]
     assert stored(server, "bob") == []
 
 
@@ -161,23 +154,23 @@ def test_a_later_non_negative_session_gets_what_a_negative_one_left(server):
     server.adduser("bob@localhost")
     alice = server.login("alice@localhost/phone", available=True)
     shy = come_online(server, "bob@localhost/shy", priority=-1)
-    received(shy)
+    shy.drain()
     alice.send(chat("bob@localhost", "hello", "1"))
     bob = come_online(server, "bob@localhost/pc", priority=0)
-    assert bodies(received(bob)) == ["hello"]
-    assert bodies(received(shy)) == []
+    assert bodies(bob.drain()) == ["hello"]
+    assert bodies(shy.drain()) == []
 
 
 def test_nothing_is_stored_while_another_resource_is_online(server):
     server.adduser("bob@localhost")
     alice = server.login("alice@localhost/phone", available=True)
     pc = come_online(server, "bob@localhost/pc")
-    received(pc)
+    pc.drain()
     alice.send(chat("bob@localhost", "live", "1"))
-    assert bodies(received(pc)) == ["live"]
+    assert bodies(pc.drain()) == ["live"]
     assert stored(server, "bob") == []
     phone = come_online(server, "bob@localhost/phone")
-    assert bodies(received(phone)) == []
+    assert bodies(phone.drain()) == []
 
 
 def test_chat_state_only_messages_are_dropped_without_an_error(server):
@@ -198,7 +191,7 @@ def test_chat_state_only_messages_are_dropped_without_an_error(server):
         )
     )
     bob = come_online(server, "bob@localhost/pc")
-    got = [s for s in received(bob) if s.tag == "message"]
+    got = [s for s in bob.drain() if s.tag == "message"]
     assert [m.get("id") for m in got] == ["s"]
 
 
@@ -209,7 +202,7 @@ def test_no_store_hint_is_honoured_and_the_sender_told(server):
     error = alice.next()
     assert error.get("id") == "n" and error_condition(error) == "service-unavailable"
     bob = come_online(server, "bob@localhost/pc")
-    assert bodies(received(bob)) == []
+    assert bodies(bob.drain()) == []
 
 
 def test_store_hint_keeps_even_a_chat_state(server):
@@ -221,7 +214,7 @@ def test_store_hint_keeps_even_a_chat_state(server):
     )
     alice.expect_nothing()
     bob = come_online(server, "bob@localhost/pc")
-    assert [s.get("id") for s in received(bob) if s.tag == "message"] == ["k"]
+    assert [s.get("id") for s in bob.drain() if s.tag == "message"] == ["k"]
 
 
 def test_messages_to_unknown_accounts_are_still_refused(server):
@@ -239,7 +232,7 @@ def test_payloads_survive_storage_namespace_neutral(server):
         "</message>"
     )
     bob = come_online(server, "bob@localhost/pc")
-    message = received(bob)[0]
+    message = bob.drain()[0]
     assert message.tag == "message"  # no jabber:client namespace on the stanza or its body
     assert message.findtext("body") == "salut & <3"
     assert message.get("{http://www.w3.org/XML/1998/namespace}lang") == "fr"
@@ -296,7 +289,7 @@ def test_messages_arriving_together_are_all_kept_with_slow_storage(server):
     bob = come_online(server, "bob@localhost/pc")  # delivery waits behind the stores
     for _ in range(12):
         server.advance(0.1)
-    assert bodies(received(bob)) == [f"m{n}" for n in range(5)]
+    assert bodies(bob.drain()) == [f"m{n}" for n in range(5)]
     assert len(plugin.queue) == 0  # the table empties when idle
     assert stored(server, "bob") == []
     alice.expect_nothing()

@@ -11,7 +11,7 @@ import pytest
 from lxml import etree
 
 from xmppd.config import DEFAULT_PLUGINS
-from xmppd.testing import ExpectationError, parse_pattern
+from xmppd.testing import parse_pattern
 from xmppd.testing.scram import ScramClient
 from xmppd.xml.stanza import error_condition
 
@@ -29,15 +29,6 @@ LAST = "<iq type='get' id='{id}' to='{to}'><query xmlns='jabber:iq:last'/></iq>"
 @pytest.fixture
 def server(make_xmpp):
     return make_xmpp(enabled=PLUGINS)
-
-
-def drain(client: Any) -> list[etree._Element]:
-    received = []
-    while True:
-        try:
-            received.append(client.next())
-        except ExpectationError:
-            return received
 
 
 def summary(el: etree._Element) -> tuple:
@@ -71,7 +62,7 @@ def pres(type_: str, from_: str) -> tuple:
 
 
 def summaries(client: Any) -> list[tuple]:
-    return [summary(el) for el in drain(client)]
+    return [summary(el) for el in client.drain()]
 
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
@@ -118,7 +109,7 @@ def connect(
 
 def online(server: Any, jid: str, **kwargs: Any) -> Any:
     client = connect(server, jid, **kwargs)
-    drain(client)
+    client.drain()
     return client
 
 
@@ -132,7 +123,7 @@ def subscribe(user: Any, contact: Any, *others: Any) -> None:
     user.send(f"<presence to='{bare(contact)}' type='subscribe'/>")
     contact.send(f"<presence to='{bare(user)}' type='subscribed'/>")
     for client in (user, contact, *others):
-        drain(client)
+        client.drain()
 
 
 def mutual(a: Any, b: Any, *others: Any) -> None:
@@ -158,7 +149,7 @@ def test_full_handshake_with_interested_and_uninterested_resources(server):
     bob = online(server, "bob@localhost/pc")
     bob_tab = online(server, "bob@localhost/tab", roster=False)
     for client in (alice, alice_tab, bob, bob_tab):
-        drain(client)
+        client.drain()
 
     # 1. alice asks (s3.1.2, s3.1.3): a push with ask to her interested resource, the request (from her bare
     #    JID) to every available resource of bob; nothing goes into bob's roster yet.
@@ -224,7 +215,7 @@ def test_approval_reaches_an_interested_resource_that_is_not_available(server):
     bob = online(server, "bob@localhost/pc")
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
     assert summaries(alice) == [push("bob@localhost", "none", "subscribe")]
-    drain(bob)
+    bob.drain()
     bob.send("<presence to='alice@localhost' type='subscribed'/>")
     seen = summaries(alice)
     assert seen == [pres("subscribed", "bob@localhost"), push("bob@localhost", "to")], seen
@@ -246,7 +237,7 @@ def test_a_repeated_request_is_delivered_once(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
-    drain(alice)
+    alice.drain()
     assert summaries(bob) == [pres("subscribe", "alice@localhost")]
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
     alice.expect_nothing()
@@ -278,7 +269,7 @@ def test_request_to_an_offline_contact_waits_until_answered(server, answer):
 
     for resource in ("pc", "tab", "pc"):
         bob = connect(server, f"bob@localhost/{resource}")
-        received = drain(bob)
+        received = bob.drain()
         requests = [el for el in received if el.get("type") == "subscribe"]
         assert len(requests) == 1, [etree.tostring(el) for el in received]
         assert requests[0].get("from") == "alice@localhost"
@@ -287,12 +278,12 @@ def test_request_to_an_offline_contact_waits_until_answered(server, answer):
         assert nick is not None and nick.text == "Alice", "the complete stanza is kept (s3.1.3)"
         assert roster_items(bob) == {}, "no roster item before approval (s3.1.3)"
         bob.send_raw("</stream:stream>")
-        drain(alice)
+        alice.drain()
 
     bob = connect(server, "bob@localhost/pc")
-    drain(bob)
+    bob.drain()
     bob.send(f"<presence to='alice@localhost' type='{answer}'/>")
-    drain(bob)
+    bob.drain()
     seen = summaries(alice)
     if answer == "subscribed":
         assert seen[:2] == [pres("subscribed", "bob@localhost"), push("bob@localhost", "to")], seen
@@ -304,10 +295,10 @@ def test_request_to_an_offline_contact_waits_until_answered(server, answer):
         ], seen
         assert state(bob, "alice@localhost") is None
     bob.send_raw("</stream:stream>")
-    drain(alice)
+    alice.drain()
 
     again = connect(server, "bob@localhost/laptop")
-    assert not [el for el in drain(again) if el.get("type") == "subscribe"], "answered: not delivered again"
+    assert not [el for el in again.drain() if el.get("type") == "subscribe"], "answered: not delivered again"
 
 
 def test_withdrawn_request_is_not_delivered(server):
@@ -318,7 +309,7 @@ def test_withdrawn_request_is_not_delivered(server):
     alice.send("<presence to='bob@localhost' type='unsubscribe'/>")
     assert summaries(alice) == [push("bob@localhost", "none", "subscribe"), push("bob@localhost", "none")]
     bob = connect(server, "bob@localhost/pc")
-    assert not [el for el in drain(bob) if el.get("type") in SUBSCRIPTION_TYPES]
+    assert not [el for el in bob.drain() if el.get("type") in SUBSCRIPTION_TYPES]
 
 
 # -- pre-approval (s3.4) ---------------------------------------------------------------------------------
@@ -356,7 +347,7 @@ def test_pre_approval_of_a_contact_in_the_roster(server):
     alice.expect_nothing()
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
     assert [s for s in summaries(bob) if s[0] != "push"] == [], "auto-approved, not delivered"
-    drain(alice)
+    alice.drain()
     assert state(bob, "alice@localhost")[0] == "both"
     assert state(alice, "bob@localhost")[0] == "both"
 
@@ -377,12 +368,12 @@ def test_pre_approval_is_cancelled_by_unsubscribed(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     bob.send("<presence to='alice@localhost' type='subscribed'/>")
-    drain(bob)
+    bob.drain()
     bob.send("<presence to='alice@localhost' type='unsubscribed'/>")
     assert summaries(bob) == [push("alice@localhost", "none")]
     alice.expect_nothing()  # neither unsubscribed nor unavailable
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
-    drain(alice)
+    alice.drain()
     assert summaries(bob) == [pres("subscribe", "alice@localhost")], "a request again, not auto-approved"
 
 
@@ -411,10 +402,10 @@ def test_unsubscribe(pair, actor):
     assert state(contact, u) == ("to", None, None)
 
     contact.send("<presence><show>dnd</show></presence>")
-    drain(contact)
+    contact.drain()
     user.expect_nothing()  # the user no longer gets the contact's presence
     user.send("<presence><show>away</show></presence>")
-    drain(user)
+    user.drain()
     contact.expect(f"<presence from='{user.jid}'><show>away</show></presence>")
 
     # the other half: the contact unsubscribes too, both end at None
@@ -443,10 +434,10 @@ def test_unsubscribed_cancels_the_contacts_subscription(pair, actor):
     assert state(contact, u) == ("from", None, None)
 
     user.send("<presence><show>away</show></presence>")
-    drain(user)
+    user.drain()
     contact.expect_nothing()
     contact.send("<presence><show>dnd</show></presence>")
-    drain(contact)
+    contact.drain()
     user.expect(f"<presence from='{contact.jid}'><show>dnd</show></presence>")
 
     contact.send(f"<presence to='{u}' type='unsubscribed'/>")
@@ -519,7 +510,7 @@ def contacts(server):
     alice.send("<presence to='frank@localhost' type='subscribe'/>")
     alice.send_raw("</stream:stream>")
     for client in everyone:
-        drain(client)
+        client.drain()
     others["mallory"] = mallory
     return others
 
@@ -563,9 +554,9 @@ def test_probe_answers_carry_the_full_presence(server, contacts):
     contacts["dave"].send(
         "<presence id='d1'><show>away</show><status>lunch</status><priority>3</priority></presence>"
     )
-    drain(contacts["dave"])
+    contacts["dave"].drain()
     alice = connect(server, "alice@localhost/laptop")
-    answers = [el for el in drain(alice) if el.get("from") == "dave@localhost/pc"]
+    answers = [el for el in alice.drain() if el.get("from") == "dave@localhost/pc"]
     assert len(answers) == 1
     answer = answers[0]
     assert answer.get("id") == "d1", "s4.3.2.1: the contact's own id is preserved"
@@ -583,21 +574,21 @@ def test_probe_from_a_non_subscriber_reveals_nothing(server, contacts):
         seen = summaries(client)
         assert not [s for s in seen if s[1] == "available"], (name, seen)
         assert not [s for s in seen if str(s[-1]).startswith("alice@localhost/")], (name, seen)
-    drain(alice)
+    alice.drain()
 
 
 def test_probe_from_a_subscriber_is_answered_with_every_available_resource(server, contacts):
     alice = online(server, "alice@localhost/laptop")
     online(server, "alice@localhost/phone", presence="<presence><show>xa</show></presence>")
     carol = contacts["carol"]
-    drain(carol)
+    carol.drain()
     carol.send("<presence to='alice@localhost' type='probe'/>")
     seen = summaries(carol)
     assert sorted(seen) == [
         pres("available", "alice@localhost/laptop"),
         pres("available", "alice@localhost/phone"),
     ]
-    drain(alice)
+    alice.drain()
 
 
 def test_probe_to_a_full_jid_answers_for_that_resource_only(server, contacts):
@@ -605,7 +596,7 @@ def test_probe_to_a_full_jid_answers_for_that_resource_only(server, contacts):
     online(server, "alice@localhost/laptop")
     online(server, "alice@localhost/phone")
     carol = contacts["carol"]
-    drain(carol)
+    carol.drain()
     carol.send("<presence to='alice@localhost/phone' type='probe'/>")
     seen = summaries(carol)
     assert seen == [pres("available", "alice@localhost/phone")], seen
@@ -617,13 +608,13 @@ def test_probe_answered_unsubscribed_repairs_a_stale_subscription(server):
     bob = online(server, "bob@localhost/pc")
     alice = online(server, "alice@localhost/phone")
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
-    drain(alice), drain(bob)
+    alice.drain(), bob.drain()
     inject(server, "<presence from='bob@localhost' to='alice@localhost' type='subscribed'/>")
     assert summaries(alice) == [pres("subscribed", "bob@localhost"), push("bob@localhost", "to")]
     assert state(alice, "bob@localhost") == ("to", None, None)
     assert state(bob, "alice@localhost") is None  # bob never approved
     alice.send("<presence type='unavailable'/>")
-    drain(alice)
+    alice.drain()
     alice.send("<presence/>")  # a new presence session: probes again
     seen = summaries(alice)
     assert pres("unsubscribed", "bob@localhost") in seen and push("bob@localhost", "none") in seen, seen
@@ -635,9 +626,9 @@ def test_probe_does_not_cancel_a_pre_approval(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     bob.send("<presence to='alice@localhost' type='subscribed'/>")
-    drain(bob)
+    bob.drain()
     alice.send("<presence to='bob@localhost' type='probe'/>")
-    drain(alice)
+    alice.drain()
     bob.expect_nothing()
     assert state(bob, "alice@localhost") == ("none", None, "true")
 
@@ -649,7 +640,7 @@ def test_presence_updates_and_unavailable_are_broadcast(server):
     carol = online(server, "carol@localhost/pc")
     mutual(alice, bob, tab)
     subscribe(alice, carol, tab)  # carol: From, so she gets nothing of alice
-    drain(carol)
+    carol.drain()
 
     alice.send("<presence id='u1'><show>away</show><status>lunch</status></presence>")
     update = (
@@ -693,7 +684,7 @@ def directed(server):
     carol = online(server, "carol@localhost/pc")
     carol_tab = online(server, "carol@localhost/tab", roster=False)
     mutual(alice, bob)
-    drain(carol), drain(carol_tab)
+    carol.drain(), carol_tab.drain()
     alice.send("<presence to='carol@localhost/pc' id='d1'><show>chat</show></presence>")
     carol.expect(
         "<presence from='alice@localhost/phone' to='carol@localhost/pc' id='d1'><show>chat</show></presence>"
@@ -763,7 +754,7 @@ def test_directed_presence_to_a_bare_jid_reaches_every_available_resource(direct
 def test_second_resource_sees_the_first_and_is_seen(server):
     phone = online(server, "alice@localhost/phone", presence="<presence><show>dnd</show></presence>")
     tab = connect(server, "alice@localhost/tab", presence="<presence><priority>5</priority></presence>")
-    seen = drain(tab)
+    seen = tab.drain()
     assert sorted(summary(el) for el in seen) == [
         pres("available", "alice@localhost/phone"),
         pres("available", "alice@localhost/tab"),
@@ -800,7 +791,7 @@ def test_negative_priority_gets_presence_and_pushes_but_no_bare_jid_messages(ser
     # with only the negative resource left, a message to the bare JID is handled as for an offline user
     # (s8.5.2.1.1): stored by an offline-storage plugin if one is enabled, else an error (s8.5.2.2.1)
     high.send("<presence type='unavailable'/>")
-    drain(high), drain(low), drain(bob)
+    high.drain(), low.drain(), bob.drain()
     bob.send("<message to='alice@localhost' type='chat' id='m3'><body>anyone?</body></message>")
     low.expect_nothing()
     assert summaries(bob) in ([], [("message-error", "alice@localhost", "service-unavailable")])
@@ -810,12 +801,12 @@ def test_chat_to_the_bare_jid_goes_to_the_highest_priority(server):
     one = online(server, "alice@localhost/one", presence="<presence><priority>1</priority></presence>")
     ten = online(server, "alice@localhost/ten", presence="<presence><priority>10</priority></presence>")
     bob = online(server, "bob@localhost/pc")
-    drain(one)
+    one.drain()
     bob.send("<message to='alice@localhost' type='chat'><body>first</body></message>")
     ten.expect("<message><body>first</body></message>")
     one.expect_nothing()
     ten.send("<presence><priority>0</priority></presence>")
-    drain(ten), drain(one)
+    ten.drain(), one.drain()
     bob.send("<message to='alice@localhost' type='chat'><body>second</body></message>")
     one.expect("<message><body>second</body></message>")
     ten.expect_nothing()
@@ -837,14 +828,14 @@ def test_last_activity_of_an_account_follows_the_subscription(server):
     alice.send_raw("</stream:stream>")
     server.advance(30)
     for name, client in (("bob", bob), ("erin", erin)):
-        drain(client)
+        client.drain()
         answer = client.request(LAST.format(id=f"l-{name}", to="alice@localhost"))
         assert answer.get("type") == "result", etree.tostring(answer)
         query = answer.find("{jabber:iq:last}query")
         assert query.get("seconds") == "30"
         assert query.text == "gone fishing"
     for name, client in (("carol", carol), ("dave", dave)):
-        drain(client)
+        client.drain()
         answer = client.request(LAST.format(id=f"l-{name}", to="alice@localhost"))
         assert summary(answer) == ("error", f"l-{name}", "forbidden"), name
 

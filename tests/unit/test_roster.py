@@ -11,7 +11,6 @@ import pytest
 from lxml import etree
 
 from xmppd.config import DEFAULT_PLUGINS
-from xmppd.testing import ExpectationError
 from xmppd.testing.scram import ScramClient
 from xmppd.xml.stanza import error_condition
 
@@ -28,16 +27,6 @@ ROSTER_GET = "<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'{ver}/></i
 @pytest.fixture
 def server(make_xmpp):
     return make_xmpp(enabled=PLUGINS)
-
-
-def drain(client: Any) -> list[etree._Element]:
-    """Everything the client has received and not read yet."""
-    received = []
-    while True:
-        try:
-            received.append(client.next())
-        except ExpectationError:
-            return received
 
 
 def summary(el: etree._Element) -> tuple:
@@ -65,7 +54,7 @@ def push(jid: str, subscription: str = "none", ask: str | None = None, approved:
 
 
 def summaries(client: Any) -> list[tuple]:
-    return [summary(el) for el in drain(client)]
+    return [summary(el) for el in client.drain()]
 
 
 def roster_get(client: Any, ver: str | None = None, id_: str = "get") -> etree._Element:
@@ -107,7 +96,7 @@ def online(server: Any, jid: str) -> Any:
     """An interested and available resource, with everything it received on the way drained."""
     client = interested(server, jid)
     client.send("<presence/>")
-    drain(client)
+    client.drain()
     return client
 
 
@@ -128,7 +117,7 @@ def mutual(alice: Any, bob: Any) -> None:
     bob.send(f"<presence to='{a}' type='subscribed'/>")
     bob.send(f"<presence to='{a}' type='subscribe'/>")
     alice.send(f"<presence to='{b}' type='subscribed'/>")
-    drain(alice), drain(bob)
+    alice.drain(), bob.drain()
     assert roster_items(alice)[b]["subscription"] == "both"
     assert roster_items(bob)[a]["subscription"] == "both"
 
@@ -164,11 +153,11 @@ def test_add_item_answers_the_setter_and_pushes_to_interested_resources_only(ser
     laptop = interested(server, "alice@localhost/laptop")
     watch = server.login("alice@localhost/watch")  # connected, never asked for the roster
     watch.send("<presence/>")  # even an available resource is not interested without a roster get
-    drain(watch), drain(phone), drain(laptop)
+    watch.drain(), phone.drain(), laptop.drain()
     before = push_ver(roster_get(phone))
 
     roster_set(phone, "<item jid='nurse@example.com' name='Nurse'><group>Servants</group></item>", "a1")
-    got = drain(phone)
+    got = phone.drain()
     assert sorted(summary(el) for el in got) == sorted([("result", "a1"), push("nurse@example.com")])
     phone_push = the_push(got)
     assert phone_push.get("to") == "alice@localhost/phone"
@@ -181,7 +170,7 @@ def test_add_item_answers_the_setter_and_pushes_to_interested_resources_only(ser
         "approved": None,
         "groups": ["Servants"],
     }
-    laptop_push = the_push(laptop_got := drain(laptop))
+    laptop_push = the_push(laptop_got := laptop.drain())
     assert len(laptop_got) == 1
     assert laptop_push.get("to") == "alice@localhost/laptop"
     ver = push_ver(phone_push)
@@ -196,18 +185,18 @@ def test_add_item_answers_the_setter_and_pushes_to_interested_resources_only(ser
 def test_update_replaces_the_item_as_given(server):
     alice = interested(server, "alice@localhost/phone")
     roster_set(alice, "<item jid='romeo@example.net' name='Romeo'><group>Friends</group></item>", "u1")
-    first = the_push(drain(alice))
+    first = the_push(alice.drain())
     roster_set(
         alice,
         "<item jid='romeo@example.net' name='Romeo'><group>Friends</group><group>Lovers</group></item>",
         "u2",
     )
-    second = the_push(got := drain(alice))
+    second = the_push(got := alice.drain())
     assert ("result", "u2") in [summary(el) for el in got]
     assert describe(second.find(f".//{{{NS_ROSTER}}}item"))["groups"] == ["Friends", "Lovers"]
     # s2.4.1: no <group/> means no group; an empty name means no name.
     roster_set(alice, "<item jid='romeo@example.net' name=''/>", "u3")
-    third = the_push(drain(alice))
+    third = the_push(alice.drain())
     assert describe(third.find(f".//{{{NS_ROSTER}}}item")) == {
         "name": None,
         "subscription": "none",
@@ -224,7 +213,7 @@ def test_remove_pushes_subscription_remove(server):
     phone = interested(server, "alice@localhost/phone")
     laptop = interested(server, "alice@localhost/laptop")
     roster_set(phone, "<item jid='nurse@example.com' name='Nurse'/>")
-    drain(phone), drain(laptop)
+    phone.drain(), laptop.drain()
 
     roster_set(phone, "<item jid='nurse@example.com' subscription='remove'/>", "r1")
     assert sorted(summaries(phone)) == sorted([("result", "r1"), push("nurse@example.com", "remove")])
@@ -250,7 +239,7 @@ def test_update_keeps_the_subscription_state(server):
     bob = online(server, "bob@localhost/pc")
     mutual(alice, bob)
     roster_set(alice, "<item jid='bob@localhost' name='Bob' subscription='none'><group>Work</group></item>")
-    got = drain(alice)
+    got = alice.drain()
     assert summary(the_push(got)) == push("bob@localhost", "both")
     assert roster_items(alice)["bob@localhost"] == {
         "name": "Bob",
@@ -330,7 +319,7 @@ def test_roster_of_someone_else_is_forbidden(server, to, kind):
     alice = interested(server, "alice@localhost/phone")
     bob = interested(server, "bob@localhost/pc")
     roster_set(bob, "<item jid='carol@localhost' name='Carol'/>")
-    drain(bob)
+    bob.drain()
     payload = "<item jid='mallory@localhost'/>" if kind == "set" else ""
     answer = alice.request(
         f"<iq type='{kind}' id='f1' to='{to}'><query xmlns='jabber:iq:roster'>{payload}</query></iq>"
@@ -347,7 +336,7 @@ def test_roster_size_limit_is_not_allowed(make_xmpp):
     alice = interested(server, "alice@localhost/phone")
     for n in (1, 2):
         roster_set(alice, f"<item jid='c{n}@localhost'/>", f"a{n}")
-    drain(alice)
+    alice.drain()
     roster_set(alice, "<item jid='c3@localhost'/>", "a3")
     assert summaries(alice) == [("error", "a3", "not-allowed")]
     roster_set(alice, "<item jid='c2@localhost' name='Two'/>", "a4")  # updating an item is fine
@@ -364,7 +353,7 @@ def test_roster_size_limit_is_not_allowed(make_xmpp):
 def test_roster_get_with_the_current_version_is_an_empty_result(server):
     alice = interested(server, "alice@localhost/phone")
     roster_set(alice, "<item jid='nurse@example.com'/>")
-    ver = push_ver(the_push(drain(alice)))
+    ver = push_ver(the_push(alice.drain()))
     answer = roster_get(alice, ver=ver, id_="v1")
     assert len(answer) == 0, "an empty IQ-result, not an empty <query/> (s2.6.3)"
 
@@ -372,9 +361,9 @@ def test_roster_get_with_the_current_version_is_an_empty_result(server):
 def test_roster_get_with_an_old_or_empty_version_is_the_full_roster(server):
     alice = interested(server, "alice@localhost/phone")
     roster_set(alice, "<item jid='nurse@example.com'/>")
-    old = push_ver(the_push(drain(alice)))
+    old = push_ver(the_push(alice.drain()))
     roster_set(alice, "<item jid='romeo@example.net'/>")
-    current = push_ver(the_push(drain(alice)))
+    current = push_ver(the_push(alice.drain()))
     for ver in (old, ""):
         answer = roster_get(alice, ver=ver, id_="v2")
         query = answer.find(f"{{{NS_ROSTER}}}query")
@@ -436,10 +425,10 @@ def test_removing_a_mutual_contact_cancels_both_subscriptions(server):
     assert "bob@localhost" not in roster_items(alice)
     assert roster_items(bob)["alice@localhost"]["subscription"] == "none"
     bob.send("<presence><show>away</show></presence>")
-    drain(bob)
+    bob.drain()
     alice.expect_nothing()  # no subscription left either way
     alice.send("<presence><show>away</show></presence>")
-    drain(alice)
+    alice.drain()
     bob.expect_nothing()
 
 
@@ -447,9 +436,9 @@ def test_removing_a_contact_with_a_pending_request_cancels_it(server):
     alice = online(server, "alice@localhost/phone")
     bob = online(server, "bob@localhost/pc")
     alice.send("<presence to='bob@localhost' type='subscribe'/>")
-    drain(alice), drain(bob)
+    alice.drain(), bob.drain()
     roster_set(alice, "<item jid='bob@localhost' subscription='remove'/>", "rm")
-    drain(alice)
+    alice.drain()
     bob.send("<presence to='alice@localhost' type='subscribed'/>")  # too late: alice asked nothing now
     assert not [s for s in summaries(alice) if s[0] == "push" or s[1] == "subscribed"]
     assert "bob@localhost" not in roster_items(alice)
@@ -458,7 +447,7 @@ def test_removing_a_contact_with_a_pending_request_cancels_it(server):
 def test_roster_persists_across_sessions(server):
     alice = interested(server, "alice@localhost/phone")
     roster_set(alice, "<item jid='nurse@example.com' name='Nurse'><group>Servants</group></item>")
-    ver = push_ver(the_push(drain(alice)))
+    ver = push_ver(the_push(alice.drain()))
     alice.send_raw("</stream:stream>")
     again = server.login("alice@localhost/laptop", create=False)
     answer = roster_get(again)

@@ -241,6 +241,12 @@ class TestClient:
             )
         return received
 
+    def drain(self) -> list[etree._Element]:
+        """Everything received and not read yet (possibly nothing), in order."""
+        self._pump()
+        received, self.inbox = self.inbox, []
+        return received
+
     def expect_nothing(self) -> None:
         self._pump()
         if self.inbox:
