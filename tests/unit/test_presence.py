@@ -4,7 +4,6 @@ message delivery around priorities (s8.5.2) and last activity authorized by subs
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from lxml import etree
 
 from xmppd.config import DEFAULT_PLUGINS
 from xmppd.testing import parse_pattern
-from xmppd.testing.scram import ScramClient
 from xmppd.xml.stanza import error_condition
 
 PLUGINS = list(dict.fromkeys([*DEFAULT_PLUGINS, "roster", "presence"]))
@@ -840,20 +838,7 @@ def test_last_activity_of_an_account_follows_the_subscription(server):
         assert summary(answer) == ("error", f"l-{name}", "forbidden"), name
 
 
-def sasl(name: str, data: bytes, **attrs: str) -> etree._Element:
-    el = etree.Element(f"{{{NS_SASL}}}{name}", nsmap={None: NS_SASL}, **attrs)
-    el.text = base64.b64encode(data).decode() or "="
-    return el
-
-
 def authenticated_features(server: Any, user: str = "alice") -> etree._Element:
     """The stream features offered after SCRAM-SHA-256 and the stream restart (RFC 6120 s6.4.6)."""
     server.adduser(f"{user}@localhost")
-    client = server.connect()
-    client.open_stream("localhost")
-    scram = ScramClient(user, "password", "SHA-256")
-    client.send(sasl("auth", scram.first(), mechanism="SCRAM-SHA-256"))
-    challenge = client.next()
-    client.send(sasl("response", scram.final(base64.b64decode(challenge.text))))
-    assert etree.QName(client.next()).localname == "success"
-    return client.open_stream("localhost")
+    return server.connect().sasl_login(user, "localhost", "password")

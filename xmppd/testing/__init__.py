@@ -197,8 +197,9 @@ class TestClient:
         self.send_raw(HEADER.format(domain=domain))
         return self.next()
 
-    def authenticate(self, user: str, domain: str, password: str, resource: str | None) -> None:
-        """SCRAM-SHA-256 (RFC 7677) and resource binding (RFC 6120 s7), as a real client does."""
+    def sasl_login(self, user: str, domain: str, password: str) -> etree._Element:
+        """Open a stream, authenticate with SCRAM-SHA-256 (RFC 7677) and restart the stream (RFC 6120
+        s6.4.6); returns the stream features offered after authentication."""
         self.open_stream(domain)
         scram = ScramClient(user, password, "SHA-256")
         self.send(_sasl("auth", scram.first(), mechanism="SCRAM-SHA-256"))
@@ -209,7 +210,11 @@ class TestClient:
         outcome = self.next()
         if etree.QName(outcome).localname != "success":
             raise ExpectationError(f"authentication failed: {serialize(outcome).decode()}")
-        self.open_stream(domain)
+        return self.open_stream(domain)
+
+    def authenticate(self, user: str, domain: str, password: str, resource: str | None) -> None:
+        """SCRAM-SHA-256 and resource binding (RFC 6120 s7), as a real client does."""
+        self.sasl_login(user, domain, password)
         resource_xml = f"<resource>{resource}</resource>" if resource else ""
         self.send(
             f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{resource_xml}"
