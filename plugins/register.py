@@ -254,13 +254,11 @@ class InBandRegistration(Plugin):
 
     async def _remove(self, event: StanzaEvent, account: JID) -> Any:
         try:
-            await event.server.accounts.delete(account)
+            # The result goes straight to the asking session: it must arrive before the stream error.
+            await event.server.delete_account(
+                account, before_close=lambda: event.origin.send(event.result()), reason="account removed"
+            )
         except AccountError:
             return event.error("registration-required")  # s3.2: not (or no longer) registered
-        # The result goes straight to the asking session: it must arrive before the stream error.
-        event.origin.send(event.result())
-        for session in list(self.ctx.sessions.sessions_of(account)):
-            session.close("not-authorized", "account removed")
         self.ctx.log.info("account {account} removed in-band", account=account)
-        self.ctx.fire("user-deleted", account)
         return True

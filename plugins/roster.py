@@ -68,6 +68,7 @@ class Roster(Plugin):
         ctx.hook("stream-features", self.on_features)
         ctx.hook("roster-subscription", self.on_subscription_query)
         ctx.hook("presence-authorized", self.on_presence_authorized)
+        ctx.hook("user-deleting", self.on_user_deleting)
 
     # -- API for other plugins -----------------------------------------------------------------------------
 
@@ -204,6 +205,25 @@ class Roster(Plugin):
                 self.ctx.send(make_stanza("presence", to=key, from_=str(session.jid), type_="unavailable"))
             self.ctx.send(make_stanza("presence", to=key, from_=owner, type_="unsubscribed"))
         return event.result()
+
+    def on_user_deleting(self, account: JID) -> Any:
+        """An account is being deleted: its contacts' subscriptions are cancelled both ways, as a roster
+        removal of every item would (s2.5.2), so their rosters do not keep a dead subscription."""
+
+        async def cancel() -> None:
+            doc = await self.load(account.local)
+            owner = str(account.bare)
+            for contact, item in doc["items"].items():
+                if item["subscription"] in ("to", "both") or item.get("ask"):
+                    self.ctx.send(make_stanza("presence", to=contact, from_=owner, type_="unsubscribe"))
+                if item["subscription"] in ("from", "both"):
+                    self.ctx.send(make_stanza("presence", to=contact, from_=owner, type_="unsubscribed"))
+            for contact in doc["pending"]:
+                self.ctx.send(make_stanza("presence", to=contact, from_=owner, type_="unsubscribed"))
+
+        if account.domain != self.ctx.domain or account.local is None:
+            return None
+        return Deferred.fromCoroutine(cancel())
 
     def forbidden(self, event: StanzaEvent) -> etree._Element:
         """s2.1.5: a roster is managed by its own account only."""

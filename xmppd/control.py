@@ -97,10 +97,7 @@ class Commands:
     async def deluser(self, jid: str) -> str:
         account = account_jid(jid)
         self._domain_of(account)
-        await self.server.accounts.delete(account)
-        for session in self.server.sessions.sessions_of(account):
-            session.close("not-authorized", "account deleted")
-        self.server.hosts[account.domain].bus.fire("user-deleted", account)
+        await self.server.delete_account(account)
         return f"deleted {account}"
 
     async def passwd(self, jid: str, password: str) -> str:

@@ -125,6 +125,10 @@ class _OfflineServer:
         self.sessions = SessionManager()
         self.hosts = {d: type("H", (), {"bus": EventBus(), "name": d})() for d in config.domains}
 
+    async def delete_account(self, account: Any) -> None:
+        """Offline there are no sessions or plugins to tell: delete the account and its data."""
+        await self.accounts.delete(account)
+
 
 def _print(result: Any, as_json: bool) -> None:
     if as_json:

@@ -217,6 +217,29 @@ class XMPPServer(MultiService):
         self.hosts[session.host].bus.fire("session-ended", SessionEvent(session))
         log.info("session {jid} ended", jid=session.jid)
 
+    async def delete_account(
+        self, account: Any, *, before_close: Any = None, reason: str = "account deleted"
+    ) -> None:
+        """Delete an account the way every path must (xmppdctl, in-band removal, admin commands):
+        ``user-deleting`` first, while its data still exists (the roster cancels subscriptions), then the
+        account and all its data, then its sessions end with ``<not-authorized/>`` and ``user-deleted``
+        fires. AccountError if it does not exist. ``before_close(session)`` runs just before the sessions
+        are closed (in-band removal answers the request there)."""
+        if not await self.accounts.exists(account):
+            from xmppd.accounts import AccountError
+
+            raise AccountError(f"{account} does not exist")
+        bus = self.hosts[account.domain].bus
+        result = bus.fire("user-deleting", account)
+        if isinstance(result, defer.Deferred):
+            await result
+        await self.accounts.delete(account)
+        if before_close is not None:
+            before_close()
+        for session in list(self.sessions.sessions_of(account)):
+            session.close("not-authorized", reason)
+        bus.fire("user-deleted", account)
+
     def reload_config(self) -> list[str]:
         """Re-read the configuration file (SIGHUP, ``xmppdctl reload``) and apply plugin changes.
 

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from lxml import etree
+from twisted.internet.defer import Deferred
 
 from xmppd.config import DEFAULT_PLUGINS
+from xmppd.jid import JID
 from xmppd.xml.stanza import error_condition
 
 PLUGINS = list(dict.fromkeys([*DEFAULT_PLUGINS, "roster", "presence"]))
@@ -461,3 +463,20 @@ def authenticated_features(server: Any, user: str = "alice") -> etree._Element:
     """The stream features offered after SCRAM-SHA-256 and the stream restart (RFC 6120 s6.4.6)."""
     server.adduser(f"{user}@localhost")
     return server.connect().sasl_login(user, "localhost", "password")
+
+
+def test_deleting_an_account_cancels_its_contacts_subscriptions(server):
+    alice = online(server, "alice@localhost/phone")
+    bob = online(server, "bob@localhost/pc")
+    mutual(alice, bob)
+    alice.drain()
+
+    done = Deferred.fromCoroutine(server.server.delete_account(JID("bob", "localhost")))
+    assert done.called
+    bob.drain()
+    assert bob.stream_errors == ["not-authorized"]  # bob's session ends
+    got = summaries(alice)
+    # bob's unsubscribe and unsubscribed reach alice, and her roster item drops to none with the pushes
+    assert ("presence", "unsubscribe", "bob@localhost") in got
+    assert ("presence", "unsubscribed", "bob@localhost") in got
+    assert roster_items(alice)["bob@localhost"]["subscription"] == "none"
