@@ -83,6 +83,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             list, ["tcp:5222:interface=127.0.0.1"], 'c2s = ["tcp:5222:interface=127.0.0.1"]', item_type=str
         ),
         "c2s_direct_tls": Key(list, [], 'c2s_direct_tls = ["tcp:5223:interface=127.0.0.1"]', item_type=str),
+        "s2s": Key(
+            list,
+            ["tcp:5269:interface=127.0.0.1"],
+            's2s = ["tcp:5269"] (to federate with the world)',
+            item_type=str,
+        ),
+        "component": Key(list, [], 'component = ["tcp:5347:interface=127.0.0.1"]', item_type=str),
         "control": Key(
             str, "", 'control = "/run/xmppd/xmppd.sock" (a UNIX socket path; "" means data_dir/xmppd.sock)'
         ),
@@ -91,6 +98,28 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "certificate": Key(str, "", 'certificate = "/etc/xmppd/fullchain.pem" (or "" for self-signed)'),
         "key": Key(str, "", 'key = "/etc/xmppd/privkey.pem" (or "" for self-signed)'),
         "required": Key(bool, True, "required = true"),
+    },
+    "s2s": {
+        "enabled": Key(bool, True, "enabled = true (false: no federation; stanzas to other domains bounce)"),
+        "tls_required": Key(bool, True, "tls_required = true (STARTTLS on every s2s stream)"),
+        "require_valid_certificates": Key(
+            bool, False, "require_valid_certificates = true (only peers whose certificate verifies)"
+        ),
+        "ca_file": Key(
+            str, "", 'ca_file = "/etc/ssl/certs/ca-certificates.crt" ("": the system trust store)'
+        ),
+        "dialback": Key(bool, True, "dialback = true (XEP-0220 for peers without a verifiable certificate)"),
+        "connect_timeout": Key(
+            (int, float), 30, "connect_timeout = 30 (seconds to set up a stream)", minimum=1
+        ),
+        "idle_timeout": Key(
+            (int, float), 300, "idle_timeout = 300 (seconds before an unused stream closes)", minimum=1
+        ),
+        "max_stanza_size": Key(int, 524288, "max_stanza_size = 524288 (bytes)", minimum=10000),
+        "queue_size": Key(
+            int, 1000, "queue_size = 1000 (stanzas held per remote domain while connecting)", minimum=1
+        ),
+        "dialback_secret": Key(str, "", 'dialback_secret = "" (empty: random per start)'),
     },
     "storage": {
         "backend": Key(str, "sqlite", 'backend = "sqlite" or "memory"'),
@@ -128,6 +157,8 @@ class Config:
     sections: dict[str, dict[str, Any]]
     plugins: PluginsConfig
     hosts: dict[str, HostConfig]
+    s2s_routes: dict[str, str] = field(default_factory=dict)
+    components: dict[str, str] = field(default_factory=dict)
 
     def get(self, section: str, key: str) -> Any:
         return self.sections[section][key]
@@ -183,6 +214,11 @@ def _string_list(path: str | None, where: str, value: Any, fix: str) -> list[str
 
 def parse(data: dict[str, Any], path: str | None = None) -> Config:
     """Validate a parsed TOML document and return a Config with defaults filled in."""
+    data = dict(data)
+    routes_table: Any = {}
+    if isinstance(data.get("s2s"), dict):  # [s2s.routes] is a subtable, not a key of [s2s]
+        data["s2s"] = dict(data["s2s"])
+        routes_table = data["s2s"].pop("routes", {})
     sections: dict[str, dict[str, Any]] = {}
     for name, keys in SCHEMA.items():
         given = data.get(name, {})
@@ -203,8 +239,8 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         sections[name] = values
 
     for name in data:
-        if name not in SCHEMA and name not in ("plugins", "hosts"):
-            known = ", ".join([*SCHEMA, "plugins", "hosts"])
+        if name not in SCHEMA and name not in ("plugins", "hosts", "components"):
+            known = ", ".join([*SCHEMA, "plugins", "hosts", "components"])
             raise ConfigError("unknown section", path=path, key=f"[{name}]", fix=f"remove it; known: {known}")
 
     server = sections["server"]
@@ -251,7 +287,11 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
 
     plugins = _parse_plugins(data.get("plugins", {}), path)
     hosts = _parse_hosts(data.get("hosts", {}), path, prepared)
-    return Config(path=path, sections=sections, plugins=plugins, hosts=hosts)
+    routes = _parse_routes(routes_table, path)
+    components = _parse_components(data.get("components", {}), path, prepared)
+    return Config(
+        path=path, sections=sections, plugins=plugins, hosts=hosts, s2s_routes=routes, components=components
+    )
 
 
 def _parse_plugins(given: Any, path: str | None) -> PluginsConfig:
@@ -305,6 +345,74 @@ def _parse_hosts(given: Any, path: str | None, domains: list[str]) -> dict[str, 
                 raise ConfigError("unknown key", path=path, key=f"{where} {key}", fix="known keys: plugins")
         hosts[domain] = host
     return hosts
+
+
+def _parse_routes(table: Any, path: str | None) -> dict[str, str]:
+    """``[s2s.routes]``: remote domain -> endpoint description, overriding DNS (private setups, tests)."""
+    from xmppd.jid import JIDError, prep_domain
+
+    if not isinstance(table, dict):
+        raise ConfigError(
+            "expected a table",
+            path=path,
+            key="[s2s.routes]",
+            fix='"example.org" = "tcp:host=127.0.0.2:port=5269"',
+        )
+    result = {}
+    for domain, endpoint in table.items():
+        where = f'[s2s.routes] "{domain}"'
+        if not isinstance(endpoint, str):
+            raise ConfigError(
+                f"expected an endpoint string, got {endpoint!r}",
+                path=path,
+                key=where,
+                fix=f'"{domain}" = "tcp:host=127.0.0.2:port=5269"',
+            )
+        try:
+            result[prep_domain(domain)] = endpoint
+        except JIDError as e:
+            raise ConfigError(
+                f"not a valid domain ({e})", path=path, key=where, fix="use a DNS name"
+            ) from None
+    return result
+
+
+def _parse_components(given: Any, path: str | None, domains: list[str]) -> dict[str, str]:
+    """``[components]``: external component domain -> shared secret (XEP-0114)."""
+    from xmppd.jid import JIDError, prep_domain
+
+    if not isinstance(given, dict):
+        raise ConfigError(
+            "expected a table", path=path, key="[components]", fix='"gateway.localhost" = { secret = "..." }'
+        )
+    result = {}
+    for domain, table in given.items():
+        where = f'[components] "{domain}"'
+        fix = f'"{domain}" = {{ secret = "a long random string" }}'
+        if (
+            not isinstance(table, dict)
+            or set(table) != {"secret"}
+            or not isinstance(table["secret"], str)
+            or not table["secret"]
+        ):
+            raise ConfigError(
+                "expected a table with a non-empty secret and nothing else", path=path, key=where, fix=fix
+            )
+        try:
+            prepared = prep_domain(domain)
+        except JIDError as e:
+            raise ConfigError(
+                f"not a valid domain ({e})", path=path, key=where, fix="use a DNS name"
+            ) from None
+        if prepared in domains:
+            raise ConfigError(
+                "is a served domain, not a component",
+                path=path,
+                key=where,
+                fix="remove it from [server] domains or pick another name",
+            )
+        result[prepared] = table["secret"]
+    return result
 
 
 def load(path: str | None) -> Config:

@@ -215,7 +215,7 @@ class Router:
             if kind == "iq" and event.type in ("get", "set"):
                 steps.append((bus, f"iq-{event.type}/{tt}/{payload_key(stanza)}"))
             steps.append((bus, f"{kind}/{tt}"))
-        elif sender_host is not None:
+        elif sender_host is not None and to.domain not in self.server.routes:
             steps.append((sender_host.bus, "route/remote"))
         self._fire_steps(steps, 0, event)
 
@@ -250,8 +250,13 @@ class Router:
             self.route(result)
 
     def _unhandled(self, event: StanzaEvent) -> None:
-        # Only reached when no core handler exists for the event (e.g. a remote domain with no s2s yet).
+        # Reached for domains that are not served here: an external component's (XEP-0114), or one no
+        # route/remote handler took (federation disabled).
         if event.host is None:
+            deliver = self.server.routes.get(event.to.domain)
+            if deliver is not None:
+                deliver(event.stanza)
+                return
             if event.kind != "presence":  # presence to an unreachable domain is dropped, not bounced
                 self.bounce(event.stanza, "remote-server-not-found")
         elif event.kind == "iq":

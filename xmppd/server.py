@@ -85,6 +85,9 @@ class XMPPServer(MultiService):
         self.storage = storage or open_storage(config.get("storage", "backend"), config.data_dir)
         self.accounts = Accounts(self.storage)
         self.streams: set = set()
+        #: Domains served by something other than a local host: domain -> deliver(stanza). External
+        #: components (XEP-0114) register here while connected.
+        self.routes: dict[str, Any] = {}
         self.ports: dict[str, list[Any]] = {}
         delivery = CoreDelivery(self)
         for host in self.hosts.values():

@@ -64,6 +64,7 @@ class MemoryServer:
             "server": {"domains": list(domains)},
             "tls": {"required": False},
             "storage": {"backend": "memory"},
+            "s2s": {"enabled": False},  # no federation on a memory reactor,
         }
         plugins_table: dict[str, Any] = {}
         if enabled is not None:
