@@ -215,8 +215,13 @@ class Router:
             if kind == "iq" and event.type in ("get", "set"):
                 steps.append((bus, f"iq-{event.type}/{tt}/{payload_key(stanza)}"))
             steps.append((bus, f"{kind}/{tt}"))
-        elif sender_host is not None and to.domain not in self.server.routes:
-            steps.append((sender_host.bus, "route/remote"))
+        elif to.domain not in self.server.routes:
+            # Remote: federation takes it (route/remote), on the sender's host or, for an external
+            # component's stanza, on the default host.
+            if sender_host is None and from_.domain in self.server.routes:
+                sender_host = self.server.hosts[self.server.default_domain]
+            if sender_host is not None:
+                steps.append((sender_host.bus, "route/remote"))
         self._fire_steps(steps, 0, event)
 
     def _fire_steps(self, steps: list[tuple[EventBus, str]], index: int, event: StanzaEvent) -> None:

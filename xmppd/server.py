@@ -88,10 +88,20 @@ class XMPPServer(MultiService):
         #: Domains served by something other than a local host: domain -> deliver(stanza). External
         #: components (XEP-0114) register here while connected.
         self.routes: dict[str, Any] = {}
+        from xmppd.stream.component import install_component_routes
+
+        install_component_routes(self)  # [components] domains route here, connected or not (XEP-0114)
         self.ports: dict[str, list[Any]] = {}
         delivery = CoreDelivery(self)
+        self.s2s = None
+        if config.get("s2s", "enabled"):
+            from xmppd.stream.s2s import S2SManager
+
+            self.s2s = S2SManager(self)
         for host in self.hosts.values():
             delivery.install(host.bus)
+            if self.s2s is not None:
+                self.s2s.install(host.bus)
         self.plugins = PluginManager(self, plugin_classes)
         self.plugins.configure(
             config
@@ -114,6 +124,15 @@ class XMPPServer(MultiService):
                 )
             factory = TLSMemoryBIOFactory(self.tls_context, False, C2SFactory(self, direct_tls=True))
             result.append(("c2s_direct_tls", desc, factory))
+        for desc in self.config.get("listen", "s2s"):
+            if self.s2s is not None:
+                from xmppd.stream.s2s import IncomingS2SFactory
+
+                result.append(("s2s", desc, IncomingS2SFactory(self.s2s)))
+        for desc in self.config.get("listen", "component"):
+            from xmppd.stream.component import ComponentFactory
+
+            result.append(("component", desc, ComponentFactory(self)))
         control = self.control_endpoint()
         if control:
             from xmppd.control import ControlFactory
@@ -196,6 +215,8 @@ class XMPPServer(MultiService):
         yield self.stop_listening()
         for stream in list(self.streams):
             stream.close("system-shutdown")
+        if self.s2s is not None:
+            self.s2s.close_all()
         self.plugins.unload_all()
         yield super().stopService()
         yield self.storage.stop()

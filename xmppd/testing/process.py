@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
+def toml_key(key: str) -> str:
+    """A TOML key: bare when it can be (letters, digits, - and _), quoted otherwise (domains have dots)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def write_toml(path: Path, data: dict[str, Any]) -> None:
     """A small TOML writer for test configurations (tables of scalars and lists; one level of subtables)."""
     lines: list[str] = []
@@ -34,7 +40,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
     def table(name: str, values: dict[str, Any]) -> None:
         scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
         lines.append(f"[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
+        lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in scalars.items())
         for key, sub in values.items():
             if isinstance(sub, dict):
                 table(f"{name}.{json.dumps(key) if '.' in key else key}", sub)
