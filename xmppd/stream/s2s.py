@@ -516,6 +516,23 @@ class OutgoingS2S(S2SStream):
             self.link.fail("remote-server-not-found", "dialback error from the peer")
 
 
+def srv_targets(domain: str, xmpps: list[Any], xmpp: list[Any]) -> list[tuple[str, int, bool]]:
+    """Where to connect for ``domain``: (host, port, direct TLS) in order. SRV records of
+    ``_xmpps-server._tcp`` (XEP-0368) then ``_xmpp-server._tcp`` (RFC 6120 s3.2.1), each by priority and
+    then weight (RFC 2782, highest weight first instead of a weighted draw); a "." target means the service
+    is not offered. With no usable record: the domain itself on port 5269 (s3.2.2)."""
+    from twisted.names import dns
+
+    targets: list[tuple[str, int, bool]] = []
+    for answers, direct_tls in ((xmpps, True), (xmpp, False)):
+        records = [a.payload for a in answers if a.type == dns.SRV]
+        for record in sorted(records, key=lambda r: (r.priority, -r.weight)):
+            target = str(record.target).rstrip(".")
+            if target:
+                targets.append((target, record.port, direct_tls))
+    return targets or [(domain, 5269, False)]
+
+
 class Link:
     """The state of one (local, remote) pair: the queue, the stream, and what happens when it fails."""
 
@@ -722,21 +739,15 @@ class S2SManager:
 
     async def _connect_by_dns(self, link: Link) -> Any:
         from twisted.names import client as dns_client
-        from twisted.names import dns
 
-        targets: list[tuple[str, int, bool]] = []
+        found: dict[bool, list[Any]] = {}
         for service, direct_tls in (("_xmpps-server._tcp.", True), ("_xmpp-server._tcp.", False)):
             try:
                 answers, _, _ = await dns_client.lookupService(service + link.remote)
             except Exception:
-                continue
-            records = [a.payload for a in answers if a.type == dns.SRV]
-            for record in sorted(records, key=lambda r: (r.priority, -r.weight)):
-                target = str(record.target).rstrip(".")
-                if target:  # "." means the service is not offered (RFC 2782)
-                    targets.append((target, record.port, direct_tls))
-        if not targets:
-            targets = [(link.remote, 5269, False)]  # RFC 6120 s3.2.2: fall back to the domain itself
+                answers = []
+            found[direct_tls] = answers
+        targets = srv_targets(link.remote, found[True], found[False])
         last: Exception | None = None
         for host, port, direct_tls in targets:
             endpoint = HostnameEndpoint(self.server.reactor, host, port, timeout=10)

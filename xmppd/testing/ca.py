@@ -108,9 +108,17 @@ class TestCA:
 
     @property
     def certificate(self) -> x509.Certificate:
+        """The CA certificate."""
         self._ensure()
         assert self._cert is not None
         return self._cert
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The CA's key, for tests that build unusual certificates themselves."""
+        self._ensure()
+        assert self._key is not None
+        return self._key
 
     def _ensure(self) -> None:
         if self._cert is not None:
@@ -174,8 +182,8 @@ class TestCA:
         domain: str,
         *,
         dns: bool = True,
-        xmpp_addr: bool = False,
-        srv: bool = False,
+        xmpp_addr: bool | str = False,
+        srv: bool | str = False,
         expired: bool = False,
         self_signed: bool = False,
         intermediate: bool = False,
@@ -184,12 +192,13 @@ class TestCA:
         """Write a leaf certificate and key for ``domain``; returns ``(cert_path, key_path)`` (PEM).
 
         The identifiers are chosen with ``dns`` (a dNSName ``domain``; pass ``"*.example.org"`` as the
-        domain for a wildcard), ``srv`` (SRV-ID ``_xmpp-server.<domain>``) and ``xmpp_addr`` (XmppAddr
-        ``<domain>``); ``extra_dns`` adds more dNSNames. The subject CN is always ``domain`` (and names
-        nothing to a careful verifier). ``expired`` makes one that ended yesterday; ``self_signed`` one
-        signed by its own key instead of the CA; ``intermediate`` one issued by an intermediate CA, whose
-        certificate follows the leaf in the file. Every leaf allows serverAuth and clientAuth and has
-        digitalSignature key usage, as XMPP servers present the same certificate in both roles.
+        domain for a wildcard), ``srv`` (SRV-ID ``_xmpp-server.<domain>``, or the given SRV-ID text) and
+        ``xmpp_addr`` (XmppAddr ``<domain>``, or the given JID); ``extra_dns`` adds more dNSNames. The
+        subject CN is always ``domain`` (and names nothing to a careful verifier). ``expired`` makes one
+        that ended yesterday; ``self_signed`` one signed by its own key instead of the CA;
+        ``intermediate`` one issued by an intermediate CA, whose certificate follows the leaf in the file.
+        Every leaf allows serverAuth and clientAuth and has digitalSignature key usage, as XMPP servers
+        present the same certificate in both roles.
         """
         self._ensure()
         assert self._key is not None and self._cert is not None
@@ -206,9 +215,9 @@ class TestCA:
         names.extend(x509.DNSName(n) for n in extra_dns)
         bare = domain.removeprefix("*.")
         if srv:
-            names.append(srv_id_san(f"_xmpp-server.{bare}"))
+            names.append(srv_id_san(srv if isinstance(srv, str) else f"_xmpp-server.{bare}"))
         if xmpp_addr:
-            names.append(xmpp_addr_san(bare))
+            names.append(xmpp_addr_san(xmpp_addr if isinstance(xmpp_addr, str) else bare))
         chain_extra: list[x509.Certificate] = []
         if self_signed:
             issuer_name, signer_key = subject, key
@@ -245,15 +254,18 @@ class TestCA:
             flag
             for flag, on in (
                 ("dns", dns),
-                ("srv", srv),
-                ("xmppaddr", xmpp_addr),
+                ("srv", srv is True),
+                ("srv-" + str(srv), isinstance(srv, str)),
+                ("xmppaddr", xmpp_addr is True),
+                ("xmppaddr-" + str(xmpp_addr), isinstance(xmpp_addr, str)),
                 ("expired", expired),
                 ("selfsigned", self_signed),
                 ("intermediate", intermediate),
+                ("also-" + "+".join(extra_dns), bool(extra_dns)),
             )
             if on
         ]
-        stem = re.sub(r"[^A-Za-z0-9.-]", "_", domain) + ("-" + "-".join(flags) if flags else "")
+        stem = re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join([domain, *flags]))
         cert_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
         _write_key(key_path, key)
         cert_path.write_bytes(_pem(cert, *chain_extra))
