@@ -361,10 +361,14 @@ def _chain_reason(error: Exception, leaf: x509.Certificate) -> str:
     text = text.removeprefix("candidates exhausted: ")
     if "no interior errors" in text or "unable to get local issuer" in text:
         try:
+            if leaf.issuer == leaf.subject:
+                return "self-signed certificate"
             issuer = leaf.issuer.rfc4514_string()
         except ValueError:
             issuer = "?"
         return f"issued by a CA that is not trusted ({issuer})"
+    if "not valid at validation time" in text:
+        return "certificate has expired or is not yet valid"
     return re.sub(r"\b2\.5\.29\.\d+\b", lambda m: _EXTENSION_NAMES.get(m.group(0), m.group(0)), text)
 
 

@@ -633,7 +633,12 @@ class S2SManager:
         self._verifies: dict[tuple[str, str, str], defer.Deferred] = {}
         self._verify_queue: dict[tuple[str, str], list[etree._Element]] = {}
         self.server_tls, self._client_context = self._tls_contexts()
-        self._trust_roots: Any = None
+        from xmppd.s2s_identity import load_trust_roots
+
+        # Loaded at start so that a bad [s2s] ca_file stops start-up with a ConfigError.
+        self._trust_roots = (
+            load_trust_roots(config.get("s2s", "ca_file") or None, config_path=config.path) or []
+        )
 
     # TLS ----------------------------------------
 
@@ -680,10 +685,8 @@ class S2SManager:
 
     def verify_certificate(self, connection: Any, domain: str) -> tuple[bool, str]:
         """Whether the peer's certificate chain verifies for ``domain`` (RFC 6120 s13.7.2)."""
-        from xmppd.s2s_identity import load_trust_roots, peer_chain, verify_peer
+        from xmppd.s2s_identity import peer_chain, verify_peer
 
-        if self._trust_roots is None:
-            self._trust_roots = load_trust_roots(self.server.config.get("s2s", "ca_file")) or []
         try:
             chain = peer_chain(connection)
         except Exception as e:  # a connection without a peer certificate
