@@ -274,10 +274,18 @@ class IncomingS2S(S2SStream):
         return features
 
     def _element(self, el: etree._Element) -> None:
+        ns = etree.QName(el).namespace
+        if (
+            ns != NS_TLS
+            and not self.tls
+            and self.manager.tls_available
+            and self.server.config.get("s2s", "tls_required")
+        ):
+            # RFC 6120 s5.3.1: with TLS mandatory, nothing but STARTTLS is accepted before it.
+            raise StreamError("policy-violation", "STARTTLS is required")
         if el.tag in STANZA_KINDS:
             self._stanza(el)
             return
-        ns = etree.QName(el).namespace
         if ns == NS_TLS:
             self._starttls()
         elif ns == NS_SASL:
