@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from xmppd.config import ConfigError
@@ -65,6 +67,21 @@ def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def alpn_selector(protocol: bytes) -> Callable[[Any, list[bytes]], Any]:
+    """An ALPN select callback answering ``protocol`` ("xmpp-client" / "xmpp-server", XEP-0368 s3) when
+    the peer offers it, and declining ALPN otherwise.
+
+    It replaces the callback Twisted installs on every context, which answers b"" when nothing matches;
+    pyOpenSSL passes that on as a zero-length selection and OpenSSL aborts the handshake with an
+    internal_error alert. Clients and servers that offer ALPN (Prosody offers "xmpp-server" even on
+    STARTTLS) then cannot connect at all."""
+
+    def select(connection: Any, offered: list[bytes]) -> Any:
+        return protocol if protocol in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
 def context_factory(
     cert_path: Path, key_path: Path, config_path: str | None = None
 ) -> ssl.CertificateOptions:
@@ -98,9 +115,12 @@ def context_factory(
             key="[tls] key",
             fix="use the private key that matches [tls] certificate",
         )
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    # c2s, on STARTTLS and on the XEP-0368 direct TLS port
+    options.getContext().set_alpn_select_callback(alpn_selector(b"xmpp-client"))
+    return options

@@ -1,10 +1,12 @@
 """Helpers for federation tests: xmppd servers on loopback that reach each other through ``[s2s.routes]``,
-slixmpp clients that trust a given certificate, and fake s2s peers that misbehave on purpose.
+slixmpp clients that trust a given certificate, fake s2s peers that misbehave on purpose, and a raw s2s
+connection for stream-level tests.
 
 Each server listens for s2s on a port chosen before it starts (the peers' routes must name it), and for
 c2s on a port the OS picks. ``FakePeer`` is a loopback TCP server run in a thread: it accepts connections
 and then closes them at once (``"close"``), answers with bytes that are not XML (``"garbage"``) or never
-answers (``"silent"``), and records what the server sent it.
+answers (``"silent"``), and records what the server sent it. ``RawS2S`` opens a server stream with the
+exact bytes a test writes (STARTTLS through the ssl module) and parses what comes back.
 """
 
 from __future__ import annotations

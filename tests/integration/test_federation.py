@@ -491,25 +491,43 @@ def test_stream_to_a_domain_not_served_here(lab: Lab) -> None:
 
 
 def test_stanza_on_an_unauthenticated_stream(lab: Lab) -> None:
+    """Before TLS only STARTTLS is accepted (policy-violation, RFC 6120 s5.3.1); after TLS without any
+    authentication a stanza gets not-authorized. Either way nothing is delivered."""
+    context = ssl.create_default_context(cafile=str(lab.ca.ca_path))  # no client certificate
+    stanza = f"<message from='pat@{P}' to='alice@{F}' type='chat'><body>sneaky</body></message>"
+
+    def before_tls() -> str | None:
+        raw = RawS2S(lab.s2s_port_f)
+        try:
+            raw.open(to=F, from_=P)
+            features = raw.next()
+            starttls = features.find(f"{{{NS_TLS}}}starttls")
+            assert starttls is not None and starttls.find(f"{{{NS_TLS}}}required") is not None
+            assert len(features) == 1, etree.tostring(features)  # nothing else before TLS
+            raw.send(stanza)
+            return raw.stream_error()
+        finally:
+            raw.close()
+
+    def after_tls() -> str | None:
+        raw = RawS2S(lab.s2s_port_f)
+        try:
+            raw.open(to=F, from_=P)
+            raw.next()
+            raw.starttls(context, F)
+            raw.open(to=F, from_=P)
+            features = raw.next()
+            assert features.find(f"{{{NS_SASL}}}mechanisms") is None, "no certificate: no EXTERNAL"
+            raw.send(stanza)
+            return raw.stream_error()
+        finally:
+            raw.close()
+
     async def main() -> None:
         async with lab.clients(lab.f) as clients:
             alice, bob = await f_users(lab, clients)
-
-            def attempt() -> str | None:
-                raw = RawS2S(lab.s2s_port_f)
-                try:
-                    raw.open(to=F, from_=P)
-                    features = raw.next()
-                    starttls = features.find(f"{{{NS_TLS}}}starttls")
-                    assert starttls is not None and starttls.find(f"{{{NS_TLS}}}required") is not None
-                    raw.send(
-                        f"<message from='pat@{P}' to='alice@{F}' type='chat'><body>sneaky</body></message>"
-                    )
-                    return raw.stream_error()
-                finally:
-                    raw.close()
-
-            assert await asyncio.to_thread(attempt) == "not-authorized"
+            assert await asyncio.to_thread(before_tls) == "policy-violation"
+            assert await asyncio.to_thread(after_tls) == "not-authorized"
             await alice.nothing_more()  # nothing was delivered
             await local_chat_works(alice, bob)
 

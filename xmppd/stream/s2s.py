@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
+from xmppd.tls import alpn_selector
 from xmppd.xml.parser import NS_STREAMS, StreamError, StreamParser
 from xmppd.xml.stanza import STANZA_KINDS, add_child
 from xmppd.xml.writer import STREAM_END, serialize, stream_error
@@ -553,6 +554,7 @@ class Link:
         self.is_authenticated = False
         self.connecting = False
         self._timeout: Any = None
+        self._attempt: defer.Deferred | None = None  # the connection being made
 
     def send(self, stanza: etree._Element) -> None:
         if self.is_authenticated and self.stream is not None and not self.stream.closed:
@@ -573,10 +575,12 @@ class Link:
         self._timeout = clock.callLater(
             self.manager.server.config.get("s2s", "connect_timeout"), self._timed_out
         )
-        d = self.manager.open(self)
-        d.addErrback(self._connect_failed)
+        self._attempt = self.manager.open(self)
+        self._attempt.addErrback(self._connect_failed)
 
     def _connect_failed(self, failure: Any) -> None:
+        if not self.connecting:
+            return  # the link failed already (timed out): this attempt was cancelled or ended late
         self.fail("remote-server-not-found", f"cannot connect: {failure.getErrorMessage()}")
 
     def _timed_out(self) -> None:
@@ -609,6 +613,9 @@ class Link:
         self.connecting = False
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None and not attempt.called:
+            attempt.cancel()  # still connecting when the timeout fired: stop trying
         stream, self.stream = self.stream, None
         if stream is not None and not stream.closed:
             stream.close()
@@ -678,6 +685,7 @@ class S2SManager:
         context = server_options.getContext()
         context.set_verify(SSL.VERIFY_PEER, accept_any)
         context.set_session_id(b"xmppd-s2s")
+        context.set_alpn_select_callback(alpn_selector(b"xmpp-server"))
         client_options = ssl.CertificateOptions(
             privateKey=options.privateKey,
             certificate=options.certificate,
@@ -729,14 +737,16 @@ class S2SManager:
         return link
 
     def link_failed(self, link: Link, condition: str) -> None:
-        self.links.pop((link.local, link.remote), None)
+        if self.links.get((link.local, link.remote)) is not link:
+            return  # an old link: its pair has a new one, with verifications of its own
+        del self.links[(link.local, link.remote)]
         for key in [k for k in self._verifies if k[0] == link.local and k[1] == link.remote]:
             self._verifies.pop(key).errback(ConnectionError(condition))
         self._verify_queue.pop((link.local, link.remote), None)
 
     def verify_stream_lost(self, link: Link) -> None:
-        if not link.queue:
-            self.links.pop((link.local, link.remote), None)
+        if not link.queue and self.links.get((link.local, link.remote)) is link:
+            del self.links[(link.local, link.remote)]
 
     # connecting ----------------------------------------
 
