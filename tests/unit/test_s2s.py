@@ -593,11 +593,6 @@ def test_stream_error_from_the_peer_during_setup_bounces_once() -> None:
         memory.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the idle timer runs during stream setup: with idle_timeout < connect_timeout a peer that is "
-    "slow to answer is closed as idle and the stanzas bounce early with remote-server-not-found",
-)
 def test_idle_timeout_does_not_cut_short_the_setup() -> None:
     memory = s2s_server(tls_required=False, idle_timeout=1, connect_timeout=5)
     try:

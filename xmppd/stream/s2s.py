@@ -134,8 +134,18 @@ class S2SStream(Protocol):
             self._idle_timer.cancel()
         self._parser.close()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the stream is set up (authenticated); until then the setup timeouts apply, not idling."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
     def touch(self) -> None:
-        """Restart the idle timer: a stream nobody used for ``[s2s] idle_timeout`` is closed."""
+        """Restart the idle timer: a set-up stream nobody used for ``[s2s] idle_timeout`` is closed."""
+        if not self.ready or self.closed:
+            return
         timeout = self.server.config.get("s2s", "idle_timeout")
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(timeout)
@@ -143,7 +153,7 @@ class S2SStream(Protocol):
             self._idle_timer = self.server.clock.callLater(timeout, self._idle)
 
     def _idle(self) -> None:
-        log.info("s2s {direction} {peer}: idle, closing", direction=self.direction, peer=self.peer)
+        log.info("s2s {stream}: idle, closing", stream=self.describe())
         self.close()
 
     def send(self, el: etree._Element) -> None:
@@ -203,14 +213,35 @@ class IncomingS2S(S2SStream):
         )
 
     def connectionLost(self, reason: object = None) -> None:
+        if not self.authenticated and reason is not None and hasattr(reason, "getErrorMessage"):
+            # A stream that ends before it authenticated (a failed TLS handshake, a peer that gave up)
+            # would otherwise leave no trace.
+            log.info(
+                "s2s in {peer}: connection lost before authentication: {reason}",
+                peer=self.peer,
+                reason=reason.getErrorMessage(),
+            )
         super().connectionLost(reason)
         self.manager.incoming.discard(self)
         if self._auth_timer.active():
             self._auth_timer.cancel()
 
+    @property
+    def ready(self) -> bool:
+        return bool(self.authenticated)
+
+    def describe(self) -> str:
+        return f"in {self.remote or '?'} -> {self.local or '?'} ({self.peer})"
+
     def _auth_timeout(self) -> None:
-        if not self.authenticated and not self.closed:
+        if self.authenticated or self.closed:
+            return
+        if self._verified_only:
+            self.close()  # a stream the peer used only to check dialback keys: done, not an error
+        else:
             self.close("connection-timeout", "authenticate in time")
+
+    _verified_only = False
 
     def _ensure_header(self) -> None:
         if not self._header_sent:
@@ -326,6 +357,7 @@ class IncomingS2S(S2SStream):
             return
         self.send(etree.Element(f"{{{NS_SASL}}}success", nsmap={None: NS_SASL}))
         self.authenticated.add(self.remote)
+        self.touch()
         log.info(
             "s2s in {peer}: {remote} authenticated with SASL EXTERNAL", peer=self.peer, remote=self.remote
         )
@@ -359,6 +391,7 @@ class IncomingS2S(S2SStream):
             self.send(_db("result", from_=local, to=remote, type_="valid" if valid else "invalid"))
             if valid:
                 self.authenticated.add(remote)
+                self.touch()
                 log.info("s2s in {peer}: {remote} authenticated with dialback", peer=self.peer, remote=remote)
             else:
                 log.info("s2s in {peer}: dialback key of {remote} is invalid", peer=self.peer, remote=remote)
@@ -383,6 +416,7 @@ class IncomingS2S(S2SStream):
                 "verify", from_=originating, to=receiving, id=stream_id, type_="valid" if valid else "invalid"
             )
         )
+        self._verified_only = True
 
     def _stanza(self, el: etree._Element) -> None:
         if not self.authenticated:
@@ -413,6 +447,13 @@ class OutgoingS2S(S2SStream):
     (SASL EXTERNAL or dialback), then carries stanzas; also carries dialback verify requests."""
 
     direction = "out"
+
+    @property
+    def ready(self) -> bool:
+        return self.link.is_authenticated and self.link.stream is self
+
+    def describe(self) -> str:
+        return f"out {self.local} -> {self.remote}"
 
     def __init__(self, manager: S2SManager, link: Link) -> None:
         super().__init__(manager)
@@ -593,6 +634,8 @@ class Link:
         self.connecting = False
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        if self.stream is not None:
+            self.stream.touch()  # idling counts from now on
         log.info(
             "s2s out {local} -> {remote}: authenticated with {how}",
             local=self.local,
