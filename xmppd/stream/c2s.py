@@ -141,15 +141,28 @@ class C2SStream(Protocol):
 
     def send(self, stanza: etree._Element) -> None:
         """Deliver a stanza or stream-level element to the client."""
-        self._write(serialize(stanza))
+        self._write(self.frame_element(stanza))
+
+    # Framing: how the stream looks on the wire. A TCP stream is one XML document (RFC 6120 s4); web
+    # transports (RFC 7395 WebSocket, XEP-0206 BOSH) override these three and reuse everything else.
+    def frame_header(self, from_: str) -> bytes:
+        """The opening of the stream (s4.7)."""
+        return stream_header(content_ns=NS_CLIENT, from_=from_, to=None, id_=self.id, lang=self.lang)
+
+    def frame_element(self, el: etree._Element) -> bytes:
+        """One top-level element (a stanza, or a stream-level element such as features)."""
+        return serialize(el)
+
+    def frame_close(self, condition: str | None, text: str | None) -> bytes:
+        """The end of the stream, with a stream error first when ``condition`` is given (s4.4, s4.9)."""
+        return (stream_error(condition, text) if condition else b"") + STREAM_END
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream, with a stream error first if ``condition`` is given (RFC 6120 s4.4, s4.9)."""
         if self.closed:
             return
         self._ensure_header()
-        data = stream_error(condition, text) if condition else b""
-        self.transport.write(data + STREAM_END)
+        self.transport.write(self.frame_close(condition, text))
         self.closed = True
         if self.bound:
             # Twisted's TLS layer holds back loseConnection while a producer is registered.
@@ -173,15 +186,7 @@ class C2SStream(Protocol):
         if self._header_sent:
             return
         self._header_sent = True
-        self.transport.write(
-            stream_header(
-                content_ns=NS_CLIENT,
-                from_=domain or self.host or self.server.default_domain,
-                to=None,
-                id_=self.id,
-                lang=self.lang,
-            )
-        )
+        self.transport.write(self.frame_header(domain or self.host or self.server.default_domain))
 
     def _stream_start(self, attrs: dict[str, str]) -> None:
         self._header_sent = False
