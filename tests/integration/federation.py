@@ -15,8 +15,7 @@ import asyncio
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +69,18 @@ def make_server(directory: Path, config: dict[str, Any]) -> ServerProcess:
     return ServerProcess(directory, config)
 
 
-def start_all(processes: Iterable[ServerProcess]) -> None:
-    """Start servers concurrently (each start waits for its listeners)."""
+def start_all(*starts: Callable[[], Any]) -> None:
+    """Run several start functions concurrently (ServerProcess.start, ProsodyServer.start: each waits for
+    its listeners); the first error is raised here, in the test's thread."""
     errors: list[BaseException] = []
 
-    def start(process: ServerProcess) -> None:
+    def call(start: Callable[[], Any]) -> None:
         try:
-            process.start()
-        except BaseException as e:  # reported below, in the calling thread
+            start()
+        except BaseException as e:  # re-raised below, in the test's thread
             errors.append(e)
 
-    threads = [threading.Thread(target=start, args=(p,)) for p in processes]
+    threads = [threading.Thread(target=call, args=(start,)) for start in starts]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -92,14 +92,6 @@ def start_all(processes: Iterable[ServerProcess]) -> None:
 def log_lines(process: ServerProcess, *words: str) -> list[str]:
     """The lines of the server's log that contain every one of ``words``."""
     return [line for line in process.log().splitlines() if all(w in line for w in words)]
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- clients -----------------------------------------------------------------------------------------------

@@ -43,10 +43,9 @@ from federation import (
     make_server,
     server_config,
     start_all,
-    until,
 )
 from lxml import etree
-from slixclient import TIMEOUT, run, within
+from slixclient import TIMEOUT, run, until, within
 
 from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess
@@ -88,7 +87,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     a = make_server(base / "a", server_config(A, port_a, {B: port_b}, s2s=options, tls=tls_a))
     b = make_server(base / "b", server_config(B, port_b, {A: port_a}, s2s=options, tls=tls_b))
     try:
-        start_all([a, b])
+        start_all(a.start, b.start)
         a.adduser(ALICE, PASSWORDS[ALICE])
         b.adduser(BOB, PASSWORDS[BOB])
         if mode == "external":
@@ -323,7 +322,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ),
     )
     try:
-        start_all([f, g, p, h])
+        start_all(f.start, g.start, p.start, h.start)
         for jid, password in F_USERS.items():
             f.adduser(jid, password)
         g.adduser(f"carol@{G}", "carol-pw")

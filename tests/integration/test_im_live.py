@@ -10,11 +10,9 @@ every request and ``auto_subscribe`` (default True) then asks back. Every client
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
-from slixclient import TIMEOUT, Client, Clients, run, within
+from slixclient import TIMEOUT, Client, Clients, run, until, within
 
 from xmppd.config import DEFAULT_PLUGINS
 
@@ -22,14 +20,6 @@ CONFIG = {"plugins": {"enabled": list(dict.fromkeys([*DEFAULT_PLUGINS, "roster",
 USERS = {"alice@localhost": "alice-pw", "bob@localhost": "bob-pw"}
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
 NS_ROSTER = "jabber:iq:roster"
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def login(

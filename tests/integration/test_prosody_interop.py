@@ -23,15 +23,14 @@ s2s lines of both servers' logs since the test began are printed with the failur
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from slixclient import TIMEOUT, Client, run, within
+from federation import start_all
+from slixclient import TIMEOUT, Client, run, until, within
 
 from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess
@@ -67,25 +66,6 @@ class Federation:
         return await pool.login(
             f"{BOB}/{resource}", BOB_PW, self.prosody.c2s_port, self.prosody_trust, **kwargs
         )
-
-
-def start_together(*starts: Callable[[], Any]) -> None:
-    """Run the start functions in threads (each waits for its server to listen); raise the first error."""
-    errors: list[BaseException] = []
-
-    def call(start: Callable[[], Any]) -> None:
-        try:
-            start()
-        except BaseException as e:  # re-raised below, in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=call, args=(start,)) for start in starts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -127,7 +107,7 @@ def federation(
     xmppd = ServerProcess(base / "xmppd", config)
     try:
         prosody.register("bob", BOB_PW)  # prosodyctl works before Prosody runs
-        start_together(xmppd.start, prosody.start)
+        start_all(xmppd.start, prosody.start)
         xmppd.adduser(ALICE, ALICE_PW)
         if mode == "certificates":
             yield Federation(mode, xmppd, prosody, ca.ca_path, ca.ca_path)
@@ -208,14 +188,6 @@ class Pool:
         if roster:
             await client.get_roster(timeout=TIMEOUT)
         return client
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def subscription(client: Client, contact: str) -> str:
