@@ -136,6 +136,9 @@ class C2SStream(Protocol):
                 log.info("c2s {id} ({jid}) does not read its data; closing", id=self.id, jid=self.jid)
                 self._congested = False
                 self.close("policy-violation", "too much unread data")
+                # A graceful close would wait to flush what the client does not read: drop it now, so
+                # the session ends and its memory is freed at once.
+                self.transport.abortConnection()
                 return
         self.transport.write(data)
 
