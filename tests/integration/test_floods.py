@@ -59,7 +59,7 @@ def test_a_message_flood_is_delivered_and_others_keep_being_served(server, raw_c
 def test_a_client_that_never_reads_is_cut_off_and_others_are_fine(server, raw_client):
     """The server keeps a bounded backlog per client (xmppd.stream.c2s.MAX_OUTPUT_BACKLOG): a recipient
     that stops reading is disconnected with policy-violation instead of growing the server's memory."""
-    stuck = logged_in(raw_client, server, "sink", "stuck")
+    logged_in(raw_client, server, "sink", "stuck")  # then never reads again
     flooder = logged_in(raw_client, server, "flooder", "f")
     dave = logged_in(raw_client, server, "dave", "d")
     body = "x" * 4000
