@@ -90,6 +90,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             item_type=str,
         ),
         "component": Key(list, [], 'component = ["tcp:5347:interface=127.0.0.1"]', item_type=str),
+        "http": Key(
+            list,
+            ["tcp:5280:interface=127.0.0.1"],
+            'http = ["tcp:5280:interface=127.0.0.1"] (WebSocket, BOSH, host-meta; [] for none)',
+            item_type=str,
+        ),
+        "https": Key(
+            list, [], 'https = ["tcp:5281:interface=127.0.0.1"] (uses the [tls] certificate)', item_type=str
+        ),
         "control": Key(
             str, "", 'control = "/run/xmppd/xmppd.sock" (a UNIX socket path; "" means data_dir/xmppd.sock)'
         ),
@@ -120,6 +129,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
             int, 1000, "queue_size = 1000 (stanzas held per remote domain while connecting)", minimum=1
         ),
         "dialback_secret": Key(str, "", 'dialback_secret = "" (empty: random per start)'),
+    },
+    "http": {
+        "cors_origins": Key(
+            list, [], 'cors_origins = ["https://chat.example.org"] ("*" allows every origin)', item_type=str
+        ),
+        "consider_secure": Key(
+            bool,
+            False,
+            "consider_secure = true (plain HTTP is behind a TLS-terminating proxy: offer SASL over it)",
+        ),
     },
     "storage": {
         "backend": Key(str, "sqlite", 'backend = "sqlite" or "memory"'),

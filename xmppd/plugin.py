@@ -231,6 +231,40 @@ class Context:
         self.host.items.append(entry)
         self._cleanups.append(lambda: self.host.items.remove(entry))
 
+    # HTTP (xmppd.http)
+    def add_http_resource(self, path: str, resource: Any) -> None:
+        """Serve a twisted.web ``resource`` at ``path`` (e.g. ``"/upload"``, below the site root) on the
+        ``[listen] http``/``https`` listeners, until the plugin unloads. Paths are server-wide: a plugin
+        enabled on several domains may mount the same path from each (the first mounted serves it until it
+        unloads); PluginError if the core or another plugin already serves it."""
+        from xmppd.http import normalize_path
+
+        try:
+            key = normalize_path(path)
+        except ValueError as e:
+            raise PluginError(f"plugin {self.name}: {e}") from None
+        resources, mounts = self.server.http_resources, self.server.http_mounts
+        stack = mounts.get(key, [])
+        if key in resources and not any(owner == self.name for owner, _ in stack):
+            raise PluginError(f"plugin {self.name}: {key} is already served")
+        entry = (self.name, resource)
+        mounts.setdefault(key, []).append(entry)
+        resources.setdefault(key, resource)
+
+        def remove() -> None:
+            stack = mounts.get(key, [])
+            if entry in stack:
+                stack.remove(entry)
+            if resources.get(key) is resource:
+                if stack:
+                    resources[key] = stack[0][1]
+                else:
+                    del resources[key]
+            if not stack:
+                mounts.pop(key, None)
+
+        self._cleanups.append(remove)
+
     # stanzas
     def send(self, stanza: etree._Element) -> None:
         """Route a stanza (``from`` and ``to`` set) as the server."""

@@ -92,6 +92,10 @@ class XMPPServer(MultiService):
 
         install_component_routes(self)  # [components] domains route here, connected or not (XEP-0114)
         self.ports: dict[str, list[Any]] = {}
+        #: What the HTTP site serves: path ("/xmpp-websocket") -> twisted.web resource, looked up on every
+        #: request (plugins mount theirs with ``ctx.add_http_resource``). See xmppd.http.
+        self.http_resources: dict[str, Any] = {}
+        self.http_mounts: dict[str, list[tuple[str, Any]]] = {}  # path -> (plugin, resource) per domain
         delivery = CoreDelivery(self)
         self.s2s = None
         if config.get("s2s", "enabled"):
@@ -133,6 +137,23 @@ class XMPPServer(MultiService):
             from xmppd.stream.component import ComponentFactory
 
             result.append(("component", desc, ComponentFactory(self)))
+        http, https = self.config.get("listen", "http"), self.config.get("listen", "https")
+        if http or https:
+            from xmppd.http import install_core_resources
+            from xmppd.http.site import make_site
+
+            install_core_resources(self)
+            for desc in http:
+                result.append(("http", desc, make_site(self)))
+            for desc in https:
+                if self.tls_context is None:
+                    raise ConfigError(
+                        "HTTPS needs a certificate",
+                        path=self.config.path,
+                        key="[listen] https",
+                        fix="configure [tls] or leave it empty",
+                    )
+                result.append(("https", desc, TLSMemoryBIOFactory(self.tls_context, False, make_site(self))))
         control = self.control_endpoint()
         if control:
             from xmppd.control import ControlFactory
@@ -279,7 +300,7 @@ class XMPPServer(MultiService):
         except ConfigError as e:
             log.error("configuration not reloaded: {error}", error=str(e))
             raise
-        for section in ("server", "listen", "tls", "storage"):  # [logging] applies at once
+        for section in ("server", "listen", "tls", "http", "storage"):  # [logging] applies at once
             if new.sections[section] != self.config.sections[section]:
                 log.warn("[{section}] changed; restart xmppd to apply it", section=section)
         self.config.plugins = new.plugins

@@ -64,7 +64,7 @@ class ServerProcess:
         self.config_path = self.directory / "xmppd.toml"
         data: dict[str, Any] = {
             "server": {"domains": ["localhost"], "data_dir": str(self.data_dir)},
-            "listen": {"c2s": ["tcp:0:interface=127.0.0.1"], "c2s_direct_tls": [], "s2s": []},
+            "listen": {"c2s": ["tcp:0:interface=127.0.0.1"], "c2s_direct_tls": [], "s2s": [], "http": []},
         }
         for section, values in (config or {}).items():
             data.setdefault(section, {}).update(values)
