@@ -62,10 +62,13 @@ class Bosh:
     def post(self, xml: str | bytes, **kw) -> Req:
         return render(self.resource, Req(xml.encode() if isinstance(xml, str) else xml, host=self.host, **kw))
 
-    def create(self, to: str = "localhost", hold: int = 1, wait: int = 60, **kw) -> etree._Element:
+    def create(
+        self, to: str = "localhost", hold: int = 1, wait: int = 60, ack: str | None = None, **kw
+    ) -> etree._Element:
+        ack_attr = f" ack='{ack}'" if ack is not None else ""
         req = self.post(
             f"<body xmlns='{NS}' xmlns:xmpp='{XBOSH}' xmpp:version='1.0' xml:lang='en' to='{to}'"
-            f" rid='{self.rid}' hold='{hold}' wait='{wait}' ver='1.11'/>",
+            f" rid='{self.rid}' hold='{hold}' wait='{wait}' ver='1.11'{ack_attr}/>",
             **kw,
         )
         body = req.body()
@@ -345,3 +348,41 @@ def test_cors(memory, allowed, origin, expected):
         req.requestHeaders.setRawHeaders(b"origin", [origin])
         render(resource, req)
         assert req.responseHeaders.getRawHeaders(b"access-control-allow-origin", [None])[0] == expected
+
+
+# -- acknowledgements (XEP-0124 s9) ------------------------------------------------------------------------
+
+
+def test_acks_are_off_unless_the_client_asks(memory):
+    client = Bosh(memory)
+    assert client.create().get("ack") is None
+    first = client.send()
+    client.send()  # answers the first (hold=1): it is older than the newest request
+    assert first.body().get("ack") is None
+
+
+def test_creation_with_ack_is_acknowledged_with_its_rid(memory):
+    client = Bosh(memory)
+    body = client.create(ack="1")
+    assert body.get("ack") == str(client.rid)  # s9.1: the rid of the creation request
+
+
+def test_a_response_to_an_older_request_reports_the_newest_rid(memory):
+    client = Bosh(memory)
+    client.create(ack="1")
+    first = client.send()
+    second = client.send()  # hold=1: the first is answered now, while rid second is the newest
+    assert first.finished and first.body().get("ack") == str(client.rid)
+    assert not second.finished
+
+
+def test_a_client_ack_releases_cached_responses(memory):
+    client = Bosh(memory)
+    client.create(ack="1")
+    creation_rid = client.rid
+    session = client.resource.sessions[client.sid]
+    assert creation_rid in session._responses
+    client.send(ack=str(creation_rid))  # the client says it has the creation response
+    assert creation_rid not in session._responses
+    # so a repeat of that rid can no longer be answered from the cache (s14.3 needs a cached response)
+    assert client.send(rid=creation_rid).body().get("condition") == "item-not-found"

@@ -96,6 +96,11 @@ def body_bytes(attrs: dict[str, str] | None = None, payload: bytes = b"") -> byt
     return head[:-2] + b">" + payload + b"</body>"
 
 
+def with_ack(data: bytes, ack: int) -> bytes:
+    """A response body with an ``ack`` attribute added (XEP-0124 s9.1)."""
+    return data.replace(b"<body ", f"<body ack='{ack}' ".encode(), 1)
+
+
 def terminate_bytes(condition: str | None = None, payload: bytes = b"") -> bytes:
     attrs = {"type": "terminate"}
     if condition:
@@ -186,6 +191,7 @@ class BOSHSession(C2SStream):
         self._held: list[tuple[int, Any, Any]] = []  # (rid, request, wait timer), oldest first
         self._buffered: dict[int, tuple[Any, etree._Element]] = {}  # out-of-order requests (s14.2)
         self._responses: OrderedDict[int, bytes] = OrderedDict()  # sent responses, for s14.3
+        self.acks = False  # s9: the client asked for acknowledgements (ack='1' at creation)
         self._out: list[bytes] = []
         self._out_size = 0
         self._end: bytes | None = None  # the terminate body, once the stream ended
@@ -257,6 +263,9 @@ class BOSHSession(C2SStream):
             self._start_inactivity(self.inactivity)
 
     def _respond(self, rid: int | None, request: Any, data: bytes) -> None:
+        if self.acks and rid is not None and rid < self.rid:
+            # s9.1: answering a request older than the newest one received: say how far we got.
+            data = with_ack(data, self.rid)
         if rid is not None:
             self._responses[rid] = data
             while len(self._responses) > self.requests + 1:
@@ -301,6 +310,11 @@ class BOSHSession(C2SStream):
 
     def _process(self, rid: int, request: Any, body: etree._Element) -> None:
         self.rid = rid
+        acked = _int(body.get("ack"))
+        if self.acks and acked is not None:
+            # s9.2: the client has every response up to 'ack'; they need not be kept for resending.
+            for old in [r for r in self._responses if r <= acked]:
+                del self._responses[old]
         self._stop_inactivity()
         if body.get(f"{XBOSH}restart") == "true":
             self._restart()  # XEP-0206 s5: a new stream, announced by the client
@@ -384,6 +398,8 @@ class BOSHSession(C2SStream):
             f"{XBOSH}version": "1.0",
             f"{XBOSH}restartlogic": "true",
         }
+        if self.acks:
+            attrs["ack"] = str(self.rid + 1)  # s9.1: acknowledgements are on; this is the creation rid
         if self._end is not None:
             data = self._end
             self.terminate()
@@ -568,5 +584,6 @@ class BOSHResource(Resource):
             rid=rid,
             peer=request.getClientAddress(),
         )
+        session.acks = body.get("ack") == "1"
         self.sessions[session.sid] = session
         return session.start(request)
