@@ -186,3 +186,36 @@ def test_websocket_over_https(xmpp_process):
                 pass
 
     run(body())
+
+
+def test_a_websocket_client_that_stops_reading_is_cut_off(xmpp_process, raw_client):
+    """Flow control reaches WebSocket sessions too: a client that stops reading is disconnected once its
+    unread backlog passes the limit, instead of growing the server's memory (others keep being served)."""
+    import asyncio
+    import time
+
+    server = xmpp_process(config=HTTP, users={"alice@localhost": "pw1", "bob@localhost": "pw2"})
+    flooder = raw_client(server, timeout=20)
+    flooder.login("bob", "pw2", "f")
+
+    async def body() -> None:
+        # max_queue=1: once one message waits unread, the client stops reading the socket
+        async with websockets.connect(url(server), subprotocols=["xmpp"], max_queue=1) as ws:
+            assert await login(ws, "alice", "pw1", "web") == "alice@localhost/web"
+            text = "x" * 4000
+            for batch in range(40):  # about 8 MB, never read by alice
+                flooder.send(
+                    "".join(
+                        f"<message to='alice@localhost/web' type='chat' id='w{batch}-{i}'>"
+                        f"<body>{text}</body></message>"
+                        for i in range(50)
+                    )
+                )
+            deadline = time.monotonic() + 30
+            while "does not read its data" not in server.log():
+                assert time.monotonic() < deadline, "the stuck WebSocket session was not cut off"
+                await asyncio.sleep(0.2)
+
+    run(body())
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert status["sessions"] == 1  # only the flooder is left; the server still answers

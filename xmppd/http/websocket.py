@@ -236,7 +236,12 @@ class WebSocketTransport:
             self.disconnecting = True
             self.protocol.sendClose(code=1000)
 
-    abortConnection = loseConnection
+    def abortConnection(self) -> None:
+        """Drop the connection at once (a client that does not read its data: nothing would flush)."""
+        self.disconnecting = True
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def getPeer(self) -> Any:
         return self.protocol.transport.getPeer()
@@ -249,10 +254,25 @@ class WebSocketTransport:
         return self.handle
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        pass
+        """Flow control from the connection: the session is paused when the client stops reading, so its
+        output backlog stays bounded (xmppd.stream.c2s.MAX_OUTPUT_BACKLOG). twisted.web's HTTP channel,
+        registered before the upgrade, no longer serves the connection and makes way."""
+        transport = self.protocol.transport
+        if transport is None:
+            return
+        try:
+            transport.unregisterProducer()
+        except Exception:
+            pass  # nothing was registered
+        transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        pass
+        transport = self.protocol.transport
+        if transport is not None:
+            try:
+                transport.unregisterProducer()
+            except Exception:
+                pass
 
 
 def _is_loopback(host: str) -> bool:

@@ -174,8 +174,9 @@ class C2SStream(Protocol):
 
     # Producer interface: the transport pauses us when its send buffer is full.
     def pauseProducing(self) -> None:
-        self._congested = True
-        self._backlog = 0
+        if not self._congested:  # some transports (twisted.web's channel) pause again while paused
+            self._congested = True
+            self._backlog = 0
 
     def resumeProducing(self) -> None:
         self._congested = False
