@@ -606,3 +606,35 @@ def test_idle_timeout_does_not_cut_short_the_setup() -> None:
         assert errors_received(alice) == [("m1", "remote-server-timeout")]
     finally:
         memory.stop()
+
+
+def test_a_message_right_after_an_idle_close_is_not_lost() -> None:
+    """The idle stream is closed by us, but its connectionLost comes later; a message sent in between
+    starts a new stream and must not be bounced when the old one's loss arrives."""
+    memory = s2s_server(tls_required=False, idle_timeout=1)
+    try:
+        alice = memory.login("alice@localhost/phone")
+        alice.send(f"<message to='bob@{REMOTE}' id='m1' type='chat'><body>1</body></message>")
+        first = RemoteEnd(memory, connection_attempts(memory)[0])
+        first.send(
+            remote_header("s1")
+            + f"<stream:features><dialback xmlns='{NS_DIALBACK_FEATURE}'/></stream:features>"
+        )
+        first.received()
+        first.send(f"<db:result from='{REMOTE}' to='localhost' type='valid'/>")
+        assert [el.get("id") for el in first.received()] == ["m1"]
+        memory.advance(1.5)  # idle: we close the stream, connectionLost not delivered yet
+        assert first.transport.disconnecting
+        alice.send(f"<message to='bob@{REMOTE}' id='m2' type='chat'><body>2</body></message>")
+        first.settle()  # now the old stream's connectionLost arrives
+        assert errors_received(alice) == [], "m2 must wait for the new stream, not bounce"
+        second = RemoteEnd(memory, connection_attempts(memory)[1])
+        second.send(
+            remote_header("s2")
+            + f"<stream:features><dialback xmlns='{NS_DIALBACK_FEATURE}'/></stream:features>"
+        )
+        second.received()
+        second.send(f"<db:result from='{REMOTE}' to='localhost' type='valid'/>")
+        assert [el.get("id") for el in second.received()] == ["m2"]
+    finally:
+        memory.stop()

@@ -610,6 +610,9 @@ class Link:
     def connect(self) -> None:
         if self.connecting or (self.stream is not None and not self.stream.closed):
             return
+        # A stream we closed (idle) may still be waiting for its connectionLost: forget it now, or its
+        # loss would be taken for the failure of the new attempt and bounce what is queued.
+        self.stream = None
         self.connecting = True
         self.is_authenticated = False
         clock = self.manager.server.clock
