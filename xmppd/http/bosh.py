@@ -29,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from xmppd.log import logger
+from xmppd.stream.base import cancel
 from xmppd.stream.c2s import NS_CLIENT, C2SStream
 from xmppd.stream.sasl import NS_SASL
 from xmppd.xml.parser import NS_STREAMS
@@ -256,8 +257,7 @@ class BOSHSession(C2SStream):
 
     def _answer_oldest(self, data: bytes) -> None:
         rid, request, timer = self._held.pop(0)
-        if timer is not None and timer.active():
-            timer.cancel()
+        cancel(timer)
         self._respond(rid, request, data)
         if not self._held:
             self._start_inactivity(self.inactivity)
@@ -366,8 +366,7 @@ class BOSHSession(C2SStream):
         """The HTTP connection of a held request was lost."""
         for i, (_rid, held, timer) in enumerate(self._held):
             if held is request:
-                if timer is not None and timer.active():
-                    timer.cancel()
+                cancel(timer)
                 del self._held[i]
                 break
         if not self._held and not self.terminated:
@@ -434,8 +433,7 @@ class BOSHSession(C2SStream):
         self._stop_inactivity()
         held, self._held = self._held, []
         for rid, request, timer in held:
-            if timer is not None and timer.active():
-                timer.cancel()
+            cancel(timer)
             self._respond(rid, request, end)
         buffered, self._buffered = self._buffered, {}
         for rid, (request, _body) in buffered.items():
@@ -451,8 +449,7 @@ class BOSHSession(C2SStream):
             self._inactivity_timer = self.server.clock.callLater(seconds, self._inactive)
 
     def _stop_inactivity(self) -> None:
-        if self._inactivity_timer is not None and self._inactivity_timer.active():
-            self._inactivity_timer.cancel()
+        cancel(self._inactivity_timer)
         self._inactivity_timer = None
 
     def _inactive(self) -> None:

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 from lxml import etree
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from xmppd.jid import JID, JIDError, prep_domain, prep_resource
 from xmppd.log import logger
 from xmppd.sessions import ResourceLimit
+from xmppd.stream.base import XMLStream, cancel
 from xmppd.stream.sasl import NS_SASL, SASLNegotiation
 from xmppd.xml.parser import NS_STREAMS, NS_XML, StreamError, StreamParser
 from xmppd.xml.stanza import STANZA_KINDS, add_child, make_error, make_result
@@ -46,7 +47,7 @@ log = logger("xmppd.c2s")
 
 
 @implementer(IPushProducer)
-class C2SStream(Protocol):
+class C2SStream(XMLStream):
     """One client connection. Once bound, it is also the Session the router delivers to."""
 
     kind = "c2s"
@@ -94,28 +95,16 @@ class C2SStream(Protocol):
         self._auth_timer = self.server.clock.callLater(timeout, self._auth_timeout)
         self.server.streams.add(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
+    def log_prefix(self) -> str:
+        return f"{self.kind} {self.id} from {self.peer}"
+
+    def data_arrived(self) -> None:
         self.last_received = self.server.clock.seconds()
-        try:
-            self._parser.feed(data)
-        except StreamError as e:
-            log.info(
-                "c2s {id} from {peer}: stream error {condition}: {text}",
-                id=self.id,
-                peer=self.peer,
-                condition=e.condition,
-                text=e.text,
-            )
-            self.close(e.condition, e.text)
 
     def connectionLost(self, reason: object = None) -> None:
-        self.closed = True
+        super().connectionLost(reason)
         self.server.streams.discard(self)
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
-        self._parser.close()
+        cancel(self._auth_timer)
         if self.bound:
             self.bound = False
             self.server.session_ended(self)
@@ -360,8 +349,7 @@ class C2SStream(Protocol):
         if replaced is not None:
             replaced.close("conflict", "replaced by a new session")  # s7.7.2.2
         self.bound = True
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
+        cancel(self._auth_timer)
         self._auth_timer = None
         result = make_result(iq)
         result.attrib.pop("from", None)

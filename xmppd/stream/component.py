@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
+from xmppd.stream.base import XMLStream, cancel
 from xmppd.xml.parser import StreamError, StreamParser
 from xmppd.xml.stanza import IQ_TYPES, MESSAGE_TYPES, PRESENCE_TYPES, STANZA_KINDS, make_error
 from xmppd.xml.writer import STREAM_END, serialize, stream_error, stream_header
@@ -101,7 +102,7 @@ class OfflineComponent:
 
 
 @implementer(IPushProducer)
-class ComponentStream(Protocol):
+class ComponentStream(XMLStream):
     """One component connection (the accepting side of ``jabber:component:accept``)."""
 
     kind = "component"
@@ -137,29 +138,14 @@ class ComponentStream(Protocol):
         self._auth_timer = self.server.clock.callLater(timeout, self._auth_timeout)
         self.server.streams.add(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            self._parser.feed(data)
-        except StreamError as e:
-            log.info(
-                "component {id} ({domain}) from {peer}: stream error {condition}: {text}",
-                id=self.id,
-                domain=self.domain,
-                peer=self.peer,
-                condition=e.condition,
-                text=e.text,
-            )
-            self.close(e.condition, e.text)
+    def log_prefix(self) -> str:
+        return f"component {self.id} ({self.domain}) from {self.peer}"
 
     def connectionLost(self, reason: object = None) -> None:
-        self.closed = True
+        super().connectionLost(reason)
         self.server.streams.discard(self)
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
+        cancel(self._auth_timer)
         self._auth_timer = None
-        self._parser.close()
         self._unregister()
 
     def _auth_timeout(self) -> None:
@@ -268,8 +254,7 @@ class ComponentStream(Protocol):
         if connected_component(self.server, self.domain) is not None:
             raise StreamError("conflict", f"{self.domain} is already connected")
         self.authenticated = True
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
+        cancel(self._auth_timer)
         self._auth_timer = None
         self.send(etree.Element("handshake"))  # s3: an empty <handshake/> acknowledges success
         self.transport.registerProducer(self, True)

@@ -30,11 +30,12 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
+from xmppd.stream.base import XMLStream, cancel
 from xmppd.tls import alpn_selector
 from xmppd.xml.parser import NS_STREAMS, StreamError, StreamParser
 from xmppd.xml.stanza import STANZA_KINDS, add_child
@@ -83,7 +84,7 @@ def _db(name: str, **attrs: str) -> etree._Element:
     return el
 
 
-class S2SStream(Protocol):
+class S2SStream(XMLStream):
     """What incoming and outgoing server streams share: parsing, writing, stream errors, closing."""
 
     direction = ""
@@ -112,27 +113,15 @@ class S2SStream(Protocol):
         self.peer = f"{getattr(peer, 'host', peer)}"
         self.touch()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
+    def log_prefix(self) -> str:
+        return f"s2s {self.direction} {self.peer}"
+
+    def data_arrived(self) -> None:
         self.touch()
-        try:
-            self._parser.feed(data)
-        except StreamError as e:
-            log.info(
-                "s2s {direction} {peer}: stream error {condition}: {text}",
-                direction=self.direction,
-                peer=self.peer,
-                condition=e.condition,
-                text=e.text,
-            )
-            self.close(e.condition, e.text)
 
     def connectionLost(self, reason: object = None) -> None:
-        self.closed = True
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._parser.close()
+        super().connectionLost(reason)
+        cancel(self._idle_timer)
 
     @property
     def ready(self) -> bool:
@@ -635,8 +624,7 @@ class Link:
     def authenticated(self, how: str) -> None:
         self.is_authenticated = True
         self.connecting = False
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
+        cancel(self._timeout)
         if self.stream is not None:
             self.stream.touch()  # idling counts from now on
         log.info(
@@ -657,8 +645,7 @@ class Link:
             reason=reason,
         )
         self.connecting = False
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
+        cancel(self._timeout)
         attempt, self._attempt = self._attempt, None
         if attempt is not None and not attempt.called:
             attempt.cancel()  # still connecting when the timeout fired: stop trying
