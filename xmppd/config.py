@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "admins": Key(list, [], 'admins = ["admin@example.org"]', item_type=str),
         "max_sessions_per_user": Key(int, 10, "max_sessions_per_user = 10", minimum=1),
         "max_failed_auth": Key(int, 3, "max_failed_auth = 3", minimum=1),
+        "max_connections_per_ip": Key(int, 100, "max_connections_per_ip = 100", minimum=1),
     },
     "listen": {
         "c2s": Key(

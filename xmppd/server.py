@@ -85,6 +85,9 @@ class XMPPServer(MultiService):
         self.storage = storage or open_storage(config.get("storage", "backend"), config.data_dir)
         self.accounts = Accounts(self.storage)
         self.streams: set = set()
+        from xmppd.stream.base import ConnectionLimiter
+
+        self.connection_limiter = ConnectionLimiter(config.get("server", "max_connections_per_ip"))
         #: Domains served by something other than a local host: domain -> deliver(stanza). External
         #: components (XEP-0114) register here while connected.
         self.routes: dict[str, Any] = {}

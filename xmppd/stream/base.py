@@ -14,6 +14,50 @@ from xmppd.xml.parser import StreamError, StreamParser
 log = logger("xmppd.stream")
 
 
+class ConnectionLimiter:
+    """Open connections per IP address, bounded by ``[server] max_connections_per_ip``: one host cannot
+    exhaust the server by opening connections. The table holds only hosts with open connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def admit(self, host: str) -> bool:
+        count = self._open.get(host, 0)
+        if count >= self.limit:
+            return False
+        self._open[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        count = self._open.get(host, 0) - 1
+        if count > 0:
+            self._open[host] = count
+        else:
+            self._open.pop(host, None)
+
+    def open_from(self, host: str) -> int:
+        return self._open.get(host, 0)
+
+
+def admit(server: Any, addr: Any, stream: XMLStream) -> XMLStream | None:
+    """For a factory's buildProtocol: ``stream`` if its peer is under the connection limit, else None
+    (Twisted then closes the connection before anything is read)."""
+    host = getattr(addr, "host", None)
+    if host is None:
+        return stream  # UNIX sockets and tests without an address
+    if not server.connection_limiter.admit(host):
+        log.warn(
+            "refusing a connection from {host}: {limit} open already (max_connections_per_ip)",
+            host=host,
+            limit=server.connection_limiter.limit,
+        )
+        return None
+    stream.limited_host = host
+    stream.limiter = server.connection_limiter
+    return stream
+
+
 def cancel(timer: Any) -> None:
     """Cancel a reactor timer if it is still pending (None is fine)."""
     if timer is not None and timer.active():
@@ -25,6 +69,8 @@ class XMLStream(Protocol):
 
     closed = False
     _parser: StreamParser
+    limited_host: str | None = None  # counted against the per-IP limit (see admit)
+    limiter: ConnectionLimiter | None = None
 
     def log_prefix(self) -> str:
         """Who this stream is, at the start of its log lines (e.g. "c2s <id> from <ip>")."""
@@ -54,3 +100,6 @@ class XMLStream(Protocol):
     def connectionLost(self, reason: object = None) -> None:
         self.closed = True
         self._parser.close()
+        if self.limiter is not None and self.limited_host is not None:
+            self.limiter.release(self.limited_host)
+            self.limited_host = None

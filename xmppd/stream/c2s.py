@@ -25,7 +25,7 @@ from zope.interface import implementer
 from xmppd.jid import JID, JIDError, prep_domain, prep_resource
 from xmppd.log import logger
 from xmppd.sessions import ResourceLimit
-from xmppd.stream.base import XMLStream, cancel
+from xmppd.stream.base import XMLStream, admit, cancel
 from xmppd.stream.sasl import NS_SASL, SASLNegotiation
 from xmppd.xml.parser import NS_STREAMS, NS_XML, StreamError, StreamParser
 from xmppd.xml.stanza import STANZA_KINDS, add_child, make_error, make_result
@@ -406,7 +406,7 @@ class C2SFactory(Factory):
         self.server = server
         self.direct_tls = direct_tls
 
-    def buildProtocol(self, addr: object) -> C2SStream:
+    def buildProtocol(self, addr: object) -> C2SStream | None:
         stream = C2SStream(self.server, direct_tls=self.direct_tls)
         stream.factory = self
-        return stream
+        return admit(self.server, addr, stream)

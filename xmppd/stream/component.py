@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
-from xmppd.stream.base import XMLStream, cancel
+from xmppd.stream.base import XMLStream, admit, cancel
 from xmppd.xml.parser import StreamError, StreamParser
 from xmppd.xml.stanza import IQ_TYPES, MESSAGE_TYPES, PRESENCE_TYPES, STANZA_KINDS, make_error
 from xmppd.xml.writer import STREAM_END, serialize, stream_error, stream_header
@@ -360,7 +360,7 @@ class ComponentFactory(Factory):
     def __init__(self, server: XMPPServer) -> None:
         self.server = server
 
-    def buildProtocol(self, addr: object) -> ComponentStream:
+    def buildProtocol(self, addr: object) -> ComponentStream | None:
         stream = ComponentStream(self.server)
         stream.factory = self
-        return stream
+        return admit(self.server, addr, stream)

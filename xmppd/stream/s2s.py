@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
-from xmppd.stream.base import XMLStream, cancel
+from xmppd.stream.base import XMLStream, admit, cancel
 from xmppd.tls import alpn_selector
 from xmppd.xml.parser import NS_STREAMS, StreamError, StreamParser
 from xmppd.xml.stanza import STANZA_KINDS, add_child
@@ -879,5 +879,5 @@ class IncomingS2SFactory(Factory):
     def __init__(self, manager: S2SManager) -> None:
         self.manager = manager
 
-    def buildProtocol(self, addr: Any) -> IncomingS2S:
-        return IncomingS2S(self.manager)
+    def buildProtocol(self, addr: Any) -> IncomingS2S | None:
+        return admit(self.manager.server, addr, IncomingS2S(self.manager))
