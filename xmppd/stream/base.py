@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from zope.interface import implementer
 
 from xmppd.log import logger
 from xmppd.xml.parser import StreamError, StreamParser
@@ -64,9 +66,17 @@ def cancel(timer: Any) -> None:
         timer.cancel()
 
 
+@implementer(IPushProducer)
 class XMLStream(Protocol):
-    """A connection carrying one XML stream at a time (restarts reset the parser)."""
+    """A connection carrying one XML stream at a time (restarts reset the parser).
 
+    Output flow control: once registered as the transport's producer, the stream is paused when the
+    peer stops reading; what is written while paused is counted, and past ``max_backlog`` bytes the
+    peer is cut off with ``<policy-violation/>`` instead of the server's memory growing."""
+
+    max_backlog = 2 * 1024 * 1024
+    _congested = False
+    _backlog = 0
     closed = False
     _parser: StreamParser
     limited_host: str | None = None  # counted against the per-IP limit (see admit)
@@ -81,6 +91,33 @@ class XMLStream(Protocol):
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         raise NotImplementedError
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._congested:
+            self._backlog += len(data)
+            if self._backlog > self.max_backlog:
+                log.info("{stream} does not read its data; closing", stream=self.log_prefix())
+                self._congested = False
+                self.close("policy-violation", "too much unread data")
+                # A graceful close would wait to flush what the peer does not read: drop it now, so
+                # the session ends and its memory is freed at once.
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    # IPushProducer: the transport pauses us when its send buffer is full.
+    def pauseProducing(self) -> None:
+        if not self._congested:  # some transports (twisted.web's channel) pause again while paused
+            self._congested = True
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._congested = False
+
+    def stopProducing(self) -> None:
+        self._congested = False
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:

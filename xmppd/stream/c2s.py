@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
-from zope.interface import implementer
 
 from xmppd.jid import JID, JIDError, prep_domain, prep_resource
 from xmppd.log import logger
@@ -46,11 +44,11 @@ MAX_OUTPUT_BACKLOG = 2 * 1024 * 1024
 log = logger("xmppd.c2s")
 
 
-@implementer(IPushProducer)
 class C2SStream(XMLStream):
     """One client connection. Once bound, it is also the Session the router delivers to."""
 
     kind = "c2s"
+    max_backlog = MAX_OUTPUT_BACKLOG
 
     def __init__(self, server: XMPPServer, *, direct_tls: bool = False) -> None:
         self.server = server
@@ -73,8 +71,6 @@ class C2SStream(XMLStream):
         self._sasl: SASLNegotiation | None = None
         self._auth_failures = 0
         self._auth_timer = None
-        self._congested = False
-        self._backlog = 0
         self._parser = self._new_parser()
 
     # -- connection ----------------------------------------------------------------------------------------
@@ -116,21 +112,6 @@ class C2SStream(XMLStream):
 
     # -- output --------------------------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self._congested:
-            self._backlog += len(data)
-            if self._backlog > MAX_OUTPUT_BACKLOG:
-                log.info("c2s {id} ({jid}) does not read its data; closing", id=self.id, jid=self.jid)
-                self._congested = False
-                self.close("policy-violation", "too much unread data")
-                # A graceful close would wait to flush what the client does not read: drop it now, so
-                # the session ends and its memory is freed at once.
-                self.transport.abortConnection()
-                return
-        self.transport.write(data)
-
     def send(self, stanza: etree._Element) -> None:
         """Deliver a stanza or stream-level element to the client."""
         self._write(self.frame_element(stanza))
@@ -160,18 +141,6 @@ class C2SStream(XMLStream):
             # Twisted's TLS layer holds back loseConnection while a producer is registered.
             self.transport.unregisterProducer()
         self.transport.loseConnection()
-
-    # Producer interface: the transport pauses us when its send buffer is full.
-    def pauseProducing(self) -> None:
-        if not self._congested:  # some transports (twisted.web's channel) pause again while paused
-            self._congested = True
-            self._backlog = 0
-
-    def resumeProducing(self) -> None:
-        self._congested = False
-
-    def stopProducing(self) -> None:
-        self._congested = False
 
     # -- stream header and features ------------------------------------------------------------------------
 

@@ -37,9 +37,7 @@ import time
 from typing import TYPE_CHECKING
 
 from lxml import etree
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
-from zope.interface import implementer
 
 from xmppd.jid import JIDError, parse_jid, prep_domain
 from xmppd.log import logger
@@ -101,9 +99,10 @@ class OfflineComponent:
         return f"<OfflineComponent {self.domain}>"
 
 
-@implementer(IPushProducer)
 class ComponentStream(XMLStream):
     """One component connection (the accepting side of ``jabber:component:accept``)."""
+
+    max_backlog = MAX_OUTPUT_BACKLOG  # components carry whole services' traffic
 
     kind = "component"
 
@@ -117,8 +116,6 @@ class ComponentStream(XMLStream):
         self.closed = False
         self._header_sent = False
         self._auth_timer = None
-        self._congested = False
-        self._backlog = 0
         self._disco_entry: tuple[str, str | None, str] | None = None
         self._disco_host: str | None = None
         self._parser = StreamParser(
@@ -155,18 +152,6 @@ class ComponentStream(XMLStream):
 
     # -- output --------------------------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self._congested:
-            self._backlog += len(data)
-            if self._backlog > MAX_OUTPUT_BACKLOG:
-                log.warn("component {domain} does not read its data; closing", domain=self.domain)
-                self._congested = False
-                self.close("policy-violation", "too much unread data")
-                return
-        self.transport.write(data)
-
     def send(self, el: etree._Element) -> None:
         """Write a stanza or stream-level element to the component."""
         self._write(serialize(el))
@@ -189,16 +174,6 @@ class ComponentStream(XMLStream):
         if self.authenticated:
             self.transport.unregisterProducer()
         self.transport.loseConnection()
-
-    def pauseProducing(self) -> None:
-        self._congested = True
-        self._backlog = 0
-
-    def resumeProducing(self) -> None:
-        self._congested = False
-
-    def stopProducing(self) -> None:
-        self._congested = False
 
     # -- stream header (XEP-0114 s3) -----------------------------------------------------------------------
 
