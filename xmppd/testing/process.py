@@ -50,6 +50,19 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def terminate(process: subprocess.Popen, timeout: float = 15) -> int:
+    """Stop a child process as an operator would: SIGTERM, then SIGKILL if it is still there after
+    ``timeout`` seconds. Returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 TWISTD = "from twisted.scripts.twistd import run; run()"  # twistd, as the installed script runs it
 
 
@@ -152,14 +165,7 @@ class ServerProcess:
     def stop(self, timeout: float = 15) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = terminate(self.process, timeout)
         self._log.close()
-        code = self.process.returncode
         self.process = None
         return code

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xmppd.testing.process import terminate
+
 PROSODY = "/usr/bin/prosody"
 PROSODYCTL = "/usr/bin/prosodyctl"
 ROUTES_MODULE = "xmppd_routes"
@@ -325,14 +327,7 @@ class ProsodyServer:
         """Stop Prosody (SIGTERM, then SIGKILL after ``timeout``); returns its exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code = self.process.returncode
+        code = terminate(self.process, timeout)
         self._cleanup()
         return code
 
