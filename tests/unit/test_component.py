@@ -11,8 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from xmppd.stream.component import ComponentFactory, connected_component, handshake_digest
-from xmppd.testing import ExpectationError, MemoryServer
-from xmppd.xml.parser import NS_STREAMS, StreamParser
+from xmppd.testing import ExpectationError, MemoryServer, StreamRecorder
 from xmppd.xml.stanza import error_condition
 from xmppd.xml.writer import serialize
 
@@ -26,7 +25,7 @@ HEADER = (
 )
 
 
-class ComponentClient:
+class ComponentClient(StreamRecorder):
     """The component's side of a component stream, on a StringTransport."""
 
     def __init__(self, memory: MemoryServer) -> None:
@@ -34,24 +33,9 @@ class ComponentClient:
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         self.stream = ComponentFactory(memory.server).buildProtocol(None)
         self.stream.makeConnection(self.transport)
-        self.header: dict[str, str] | None = None
-        self.inbox: list[etree._Element] = []
-        self.stream_errors: list[str] = []
         self.closed_by_server = False
         self._lost = False
-        self._parser = StreamParser(
-            self._started, self._received, self._ended, content_ns=NS_ACCEPT, max_stanza_size=1 << 20
-        )
-
-    def _started(self, attrs: dict[str, str]) -> None:
-        self.header = attrs
-
-    def _received(self, el: etree._Element) -> None:
-        if el.tag == f"{{{NS_STREAMS}}}error":
-            self.stream_errors.extend(
-                etree.QName(c).localname for c in el if etree.QName(c).localname != "text"
-            )
-        self.inbox.append(el)
+        self._parser = self._recording_parser(NS_ACCEPT)
 
     def _ended(self) -> None:
         self.closed_by_server = True

@@ -24,7 +24,7 @@ from xmppd.stream.s2s import (
     dialback_key,
     s2s_header,
 )
-from xmppd.testing import MemoryServer
+from xmppd.testing import MemoryServer, StreamRecorder
 from xmppd.tls import context_factory, ensure_self_signed
 from xmppd.xml.parser import NS_STREAMS, StreamParser
 from xmppd.xml.stanza import error_condition
@@ -108,7 +108,7 @@ def server() -> Any:
     memory.stop()
 
 
-class Peer:
+class Peer(StreamRecorder):
     """The other server's side of an incoming server stream, on a StringTransport."""
 
     def __init__(self, memory: MemoryServer) -> None:
@@ -117,23 +117,8 @@ class Peer:
         self.stream = IncomingS2SFactory(memory.server.s2s).buildProtocol(None)
         self.stream.makeConnection(self.transport)
         self.header: dict[str, str] | None = None
-        self.inbox: list[etree._Element] = []
-        self.stream_errors: list[str] = []
         self.ended = False
-        self._parser = self._new_parser()
-
-    def _new_parser(self) -> StreamParser:
-        return StreamParser(self._started, self._received, self._ended, content_ns=NS_SERVER)
-
-    def _started(self, attrs: dict[str, str]) -> None:
-        self.header = attrs
-
-    def _received(self, el: etree._Element) -> None:
-        if el.tag == f"{{{NS_STREAMS}}}error":
-            self.stream_errors.extend(
-                etree.QName(c).localname for c in el if etree.QName(c).localname != "text"
-            )
-        self.inbox.append(el)
+        self._parser = self._recording_parser(NS_SERVER)
 
     def _ended(self) -> None:
         self.ended = True
@@ -151,7 +136,7 @@ class Peer:
     def open(
         self, to: str | None = "localhost", from_: str | None = REMOTE, version: str | None = "1.0"
     ) -> None:
-        self._parser = self._new_parser()
+        self._parser = self._recording_parser(NS_SERVER)
         self.header = None
         attrs = "".join(
             f" {name}='{value}'"
@@ -444,7 +429,7 @@ def test_a_late_failure_of_a_timed_out_attempt_leaves_the_next_link_alone(server
 # -- an outgoing stream authenticated with dialback --------------------------------------------------------
 
 
-class RemoteEnd:
+class RemoteEnd(StreamRecorder):
     """The remote server's end of our outgoing connection attempt, on a StringTransport."""
 
     def __init__(self, memory: MemoryServer, attempt: tuple) -> None:
@@ -452,15 +437,8 @@ class RemoteEnd:
         self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5999))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5999))
         self.protocol.makeConnection(self.transport)
-        self.header: dict[str, str] | None = None
-        self.inbox: list[etree._Element] = []
         self._lost = False
-        self._parser = StreamParser(
-            self._started, lambda el: self.inbox.append(el), lambda: None, content_ns=NS_SERVER
-        )
-
-    def _started(self, attrs: dict[str, str]) -> None:
-        self.header = attrs
+        self._parser = self._recording_parser(NS_SERVER)
 
     def send(self, data: str) -> None:
         self.protocol.dataReceived(data.encode())

@@ -123,7 +123,39 @@ class MemoryServer:
         self.server.stopService()
 
 
-class TestClient:
+class StreamRecorder:
+    """The peer's side of a stream in tests: the stream header it got (``header``), the elements in order
+    (``inbox``), the stream error conditions (``stream_errors``), and ``_ended()`` at the stream's end."""
+
+    header: dict[str, str] | None = None
+
+    def _recording_parser(self, content_ns: str) -> StreamParser:
+        if not hasattr(self, "inbox"):
+            self.inbox: list[etree._Element] = []
+            self.stream_errors: list[str] = []
+        return StreamParser(
+            self._started,
+            self._received,
+            self._ended,
+            content_ns=content_ns,
+            max_stanza_size=10 * 1024 * 1024,
+        )
+
+    def _started(self, attrs: dict[str, str]) -> None:
+        self.header = attrs
+
+    def _received(self, el: etree._Element) -> None:
+        if el.tag == "{http://etherx.jabber.org/streams}error":
+            self.stream_errors.extend(
+                etree.QName(c).localname for c in el if etree.QName(c).localname != "text"
+            )
+        self.inbox.append(el)
+
+    def _ended(self) -> None:
+        """The peer saw the end of the stream."""
+
+
+class TestClient(StreamRecorder):
     """A client on an in-memory transport: ``send`` XML, ``expect`` what comes back."""
 
     __test__ = False  # not a pytest test class
@@ -136,29 +168,11 @@ class TestClient:
         self.stream = C2SFactory(server.server).buildProtocol(None)
         self.stream.makeConnection(self.transport)
         self.jid: str | None = None
-        self.inbox: list[etree._Element] = []
-        self.stream_errors: list[str] = []
         self.closed_by_server = False
         self._lost = False
-        self._parser = self._client_parser()
+        self._parser = self._recording_parser(NS_CLIENT)
 
-    def _client_parser(self) -> StreamParser:
-        return StreamParser(
-            lambda attrs: None,
-            self._received,
-            self._stream_end,
-            content_ns=NS_CLIENT,
-            max_stanza_size=10 * 1024 * 1024,
-        )
-
-    def _received(self, el: etree._Element) -> None:
-        if el.tag == "{http://etherx.jabber.org/streams}error":
-            self.stream_errors.extend(
-                etree.QName(c).localname for c in el if etree.QName(c).localname != "text"
-            )
-        self.inbox.append(el)
-
-    def _stream_end(self) -> None:
+    def _ended(self) -> None:
         self.closed_by_server = True
 
     # -- raw I/O -----------------------------------------------------------------------------------------
@@ -194,7 +208,7 @@ class TestClient:
 
     def open_stream(self, domain: str) -> etree._Element:
         """Send a stream header; returns the <stream:features/>."""
-        self._parser = self._client_parser()
+        self._parser = self._recording_parser(NS_CLIENT)
         self.send_raw(HEADER.format(domain=domain))
         return self.next()
 
