@@ -9,6 +9,7 @@ every listener synchronously, so a port in use is a ConfigError at start-up, not
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -212,9 +213,13 @@ class XMPPServer(MultiService):
         log.info("listening for {kind} on {address}", kind=kind, address=address(result))
 
     def _write_listeners_file(self) -> None:
-        """data_dir/listeners.json: the bound addresses, for tools and tests using port 0."""
+        """data_dir/listeners.json: the bound addresses, for tools and tests using port 0. Written to a
+        temporary file and renamed into place, so a reader never sees it half-written."""
         data = {kind: [address(p) for p in ports] for kind, ports in self.ports.items()}
-        (self.config.data_dir / "listeners.json").write_text(json.dumps(data))
+        target = self.config.data_dir / "listeners.json"
+        partial = target.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(data))
+        os.replace(partial, target)
 
     def stop_listening(self) -> defer.Deferred:
         ports = [p for ps in self.ports.values() for p in ps]
