@@ -5,9 +5,8 @@ from __future__ import annotations
 from lxml import etree
 
 from xmppd.plugin import Context, Option, Plugin
-from xmppd.xml.stanza import add_child
+from xmppd.xml.dataform import Field, build_form
 
-NS_DATA = "jabber:x:data"
 FORM_TYPE = "http://jabber.org/network/serverinfo"
 FIELDS = ("abuse", "admin", "feedback", "sales", "security", "status", "support")
 
@@ -28,15 +27,8 @@ class ContactInfo(Plugin):
 
     @staticmethod
     def form(fields: dict[str, list[str]]) -> etree._Element:
-        form = etree.Element(f"{{{NS_DATA}}}x", nsmap={None: NS_DATA}, type="result")
-        form_type = add_child(form, NS_DATA, "field")
-        form_type.set("var", "FORM_TYPE")
-        form_type.set("type", "hidden")
-        add_child(form_type, NS_DATA, "value", FORM_TYPE)
-        for name, uris in fields.items():
-            if uris:
-                field = add_child(form, NS_DATA, "field")
-                field.set("var", f"{name}-addresses")
-                for uri in uris:
-                    add_child(field, NS_DATA, "value", uri)
-        return form
+        return build_form(
+            FORM_TYPE,
+            [Field(f"{name}-addresses", values=uris) for name, uris in fields.items() if uris],
+            type_="result",
+        )

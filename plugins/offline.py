@@ -30,7 +30,6 @@ The domain advertises ``msgoffline`` (XEP-0160 s4). Deleting an account purges i
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -39,11 +38,11 @@ from twisted.internet.defer import Deferred, DeferredLock, fail
 
 from xmppd.plugin import Context, Option, Plugin
 from xmppd.router import StanzaEvent
-from xmppd.xml.stanza import add_child, copy_stanza, parse_stanza
+from xmppd.xml.delay import add_delay
+from xmppd.xml.stanza import copy_stanza, parse_stanza
 from xmppd.xml.writer import serialize
 
 FEATURE = "msgoffline"
-NS_DELAY = "urn:xmpp:delay"
 NS_HINTS = "urn:xmpp:hints"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 
@@ -89,12 +88,6 @@ class KeyedSerializer:
             return result
 
         return lock.run(fn, *args).addBoth(done)
-
-
-def delay_stamp(seconds: float) -> str:
-    """A XEP-0082 DateTime in UTC with milliseconds, as XEP-0203 uses: ``2002-09-10T23:08:25.000Z``."""
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 STORE, DROP, REFUSE = "store", "drop", "refuse"
@@ -167,9 +160,7 @@ class OfflineMessages(Plugin):
             return event.error("service-unavailable", "cancel")
         message = copy_stanza(event.stanza)
         message.tail = None
-        delay = add_child(message, NS_DELAY, "delay", "Offline Storage")
-        delay.set("from", self.ctx.domain)
-        delay.set("stamp", delay_stamp(self.ctx.clock.seconds()))
+        add_delay(message, self.ctx.domain, self.ctx.clock.seconds(), "Offline Storage")
         stored.append(serialize(message).decode("utf-8"))
         await self.store.set(user, stored)
         self.ctx.log.debug(

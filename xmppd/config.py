@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = [
     "vcard",
     "private",
     "caps",
+    "muc",
 ]
 
 

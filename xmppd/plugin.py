@@ -231,6 +231,23 @@ class Context:
         self.host.items.append(entry)
         self._cleanups.append(lambda: self.host.items.remove(entry))
 
+    # services on their own domains (MUC, pubsub, ...)
+    def add_route(self, domain: str, deliver: Callable[[etree._Element], None]) -> None:
+        """Serve ``domain`` (e.g. ``conference.example.org``) in-process: every stanza addressed to it,
+        from local clients and over s2s alike, is handed to ``deliver(stanza)`` with ``from`` and ``to``
+        set, until the plugin unloads. The service answers stanzas itself and sends with ``ctx.send``.
+        PluginError if the domain is already served (a host, a component, another plugin)."""
+        routes = self.server.routes
+        if domain in self.server.hosts or domain in routes:
+            raise PluginError(f"plugin {self.name}: {domain} is already served")
+        routes[domain] = deliver
+
+        def remove() -> None:
+            if routes.get(domain) is deliver:
+                del routes[domain]
+
+        self._cleanups.append(remove)
+
     # HTTP (xmppd.http)
     def add_http_resource(self, path: str, resource: Any) -> None:
         """Serve a twisted.web ``resource`` at ``path`` (e.g. ``"/upload"``, below the site root) on the

@@ -318,6 +318,11 @@ class XMPPServer(MultiService):
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no plugin changes")
         return changes
 
+    def serves(self, domain: str) -> bool:
+        """Whether ``domain`` is served here: a host, an external component or a plugin's service
+        (``ctx.add_route``); s2s accepts streams and dialback for exactly these."""
+        return domain in self.hosts or domain in self.routes
+
     def fire_global(self, name: str, data: Any) -> None:
         """Fire a server event on every host's bus."""
         for host in self.hosts.values():

@@ -14,12 +14,12 @@ from xmppd.plugins.offline import (
     STORE,
     KeyedSerializer,
     QueueFull,
-    delay_stamp,
     storage_decision,
 )
 
 from xmppd.config import DEFAULT_PLUGINS
 from xmppd.testing import parse_pattern
+from xmppd.xml.delay import delay_stamp
 from xmppd.xml.stanza import error_condition
 
 ENABLED = [*DEFAULT_PLUGINS, "offline"]

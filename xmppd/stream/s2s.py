@@ -250,7 +250,7 @@ class IncomingS2S(S2SStream):
             to = prep_domain(attrs.get("to") or "")
         except JIDError:
             to = attrs.get("to") or ""
-        if to not in self.server.hosts:
+        if not self.server.serves(to):
             self._ensure_header()
             raise StreamError("host-unknown", f"{to!r} is not served here" if to else "no 'to'")
         self.local = to
@@ -365,7 +365,7 @@ class IncomingS2S(S2SStream):
             remote = prep_domain(remote)
         except JIDError:
             raise StreamError("invalid-from", "dialback from an invalid domain") from None
-        if local not in self.server.hosts:
+        if not self.server.serves(local):
             raise StreamError("host-unknown", f"{local!r} is not served here")
         if not self.manager.dialback_allowed(self._external_ok and remote == self.remote):
             self.send(_db_error("result", local, remote, "not-acceptable"))
@@ -396,7 +396,7 @@ class IncomingS2S(S2SStream):
         """XEP-0220 s2.4: as the authoritative server, say whether a key we issued is right."""
         receiving, originating = el.get("from") or "", el.get("to") or ""
         stream_id, key = el.get("id") or "", (el.text or "").strip()
-        if originating not in self.server.hosts:
+        if not self.server.serves(originating):
             raise StreamError("host-unknown", f"{originating!r} is not served here")
         expected = dialback_key(self.manager.secret, receiving, originating, stream_id)
         valid = hmac.compare_digest(expected, key)
@@ -416,7 +416,7 @@ class IncomingS2S(S2SStream):
             raise StreamError("improper-addressing", "stanzas need a valid 'from' and 'to'") from None
         if sender.domain not in self.authenticated:
             raise StreamError("invalid-from", f"this stream is not authenticated for {sender.domain}")
-        if to.domain not in self.server.hosts and to.domain not in self.server.routes:
+        if not self.server.serves(to.domain):
             raise StreamError("host-unknown", f"{to.domain} is not served here")
         self.server.router.route(el)
 
