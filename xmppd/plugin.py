@@ -93,6 +93,12 @@ class Plugin:
 
     ctx: Context
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Check the options together, once each is valid on its own (e.g. a default within a maximum);
+        raise ValueError saying what is wrong. Called when the configuration is read, so a mistake stops
+        the server at start-up (or a reload) with one line naming ``[plugins.NAME]``."""
+
     def setup(self, ctx: Context) -> None:
         """Register hooks, features and timers. Called once per domain the plugin is enabled on."""
 
@@ -508,6 +514,10 @@ class PluginManager:
             values[key] = cls.options[key].check(name, key, value, config.path)
         for key, opt in cls.options.items():
             values.setdefault(key, opt.default)
+        try:
+            cls.check_options(values)
+        except ValueError as e:
+            raise config.error(str(e), key=f"[plugins.{name}]", fix="correct the options") from None
         return values
 
     # -- loading -------------------------------------------------------------------------------------------

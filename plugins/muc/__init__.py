@@ -22,9 +22,15 @@ from typing import Any
 
 from xmppd.plugins.muc.service import Service
 
-from xmppd.plugin import Context, Option, Plugin, PluginError
+from xmppd.jid import JIDError, prep_domain
+from xmppd.plugin import Context, Option, Plugin
 
 __all__ = ["MUC", "Service"]
+
+
+def service_domain(template: str, host: str) -> str:
+    """A service domain from its ``services`` entry: ``{domain}`` replaced by the host's name."""
+    return prep_domain(template.replace("{domain}", host))
 
 
 class MUC(Plugin):
@@ -54,14 +60,24 @@ class MUC(Plugin):
         "members_only_rooms": Option(bool, False, "new rooms are members-only"),
     }
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        for default, maximum in (
+            ("default_max_occupants", "max_occupants"),
+            ("default_history", "max_history"),
+        ):
+            if options[default] > options[maximum]:
+                raise ValueError(f"{default} ({options[default]}) exceeds {maximum} ({options[maximum]})")
+        for template in options["services"]:
+            try:
+                service_domain(template, "example.org")
+            except JIDError as e:
+                raise ValueError(f"services: {template!r} is not a domain ({e})") from None
+
     def setup(self, ctx: Context) -> None:
-        if ctx.option("default_max_occupants") > ctx.option("max_occupants"):
-            raise PluginError("muc: default_max_occupants must not exceed max_occupants")
-        if ctx.option("default_history") > ctx.option("max_history"):
-            raise PluginError("muc: default_history must not exceed max_history")
         self.services: dict[str, Service] = {}
         for template in ctx.option("services"):
-            domain = template.replace("{domain}", ctx.domain)
+            domain = service_domain(template, ctx.domain)
             service = Service(ctx, domain)
             ctx.add_route(domain, service.receive)
             ctx.add_item(domain, ctx.option("name"))

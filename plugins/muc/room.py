@@ -458,7 +458,7 @@ class Room:
             message = make_stanza("message", from_=str(self.jid))
             out = add_child(message, NS_USER, "x")
             relayed = add_child(out, NS_USER, name)
-            relayed.set("from", str(sender.bare) if name == "invite" else str(sender.bare))
+            relayed.set("from", str(sender.bare))
             reason = element.findtext(f"{{{NS_USER}}}reason")
             if reason:
                 add_child(relayed, NS_USER, "reason", reason[:1024])
@@ -482,7 +482,7 @@ class Room:
         type_ = iq.get("type")
         occupant = self.by_jid.get(sender)
         if type_ in ("result", "error"):
-            self._iq_answer(iq, sender, occupant, nick)
+            self._iq_answer(iq, sender, nick)
             return
         if occupant is None:
             raise Refused("not-acceptable", "you are not in this room")  # XEP-0410 s3.1
@@ -500,18 +500,18 @@ class Room:
         vcard = query is not None and etree.QName(query).namespace == NS_VCARD
         self.send(forwarded, target.bare if vcard else target.jid)
 
-    def _iq_answer(self, iq: etree._Element, sender: JID, occupant: Occupant | None, nick: str) -> None:
+    def _iq_answer(self, iq: etree._Element, sender: JID, nick: str) -> None:
+        """An answer to a forwarded request: back to the requester (carried in the id), from the occupant
+        JID of the answering occupant (its session, or its account for vCards)."""
         decoded = decode_iq_id(iq.get("id") or "")
         if decoded is None:
             return
         requester, request_id = decoded
-        answering = self.by_jid.get(sender) or (occupant if occupant else None)
         requesting = self.by_jid.get(requester)
-        if requesting is None or requesting.nick != nick:
-            return
-        if answering is None:
-            answering = next((o for o in self.occupants.values() if o.bare == sender.bare), None)
-        if answering is None:
+        answering = self.by_jid.get(sender) or next(
+            (o for o in self.occupants.values() if o.bare == sender.bare), None
+        )
+        if requesting is None or requesting.nick != nick or answering is None:
             return
         answer = copy_stanza(iq)
         answer.set("from", self.occupant_jid(answering.nick))

@@ -1268,3 +1268,56 @@ def test_hook_stanza_rejects_unknown_kind(make_xmpp):
 
     with pytest.raises(PluginError, match="not a stanza kind"):
         make_xmpp(plugins=[Bad], enabled=["bad"])
+
+
+class EchoService(Plugin):
+    """A service on its own domain (ctx.add_route): answers every iq get with a result naming the domain."""
+
+    name = "echo_service"
+    options = {
+        "domain": Option(str, "echo.{domain}", "the service domain"),
+        "low": Option(int, 1, "must not exceed high"),
+        "high": Option(int, 2, "must be at least low"),
+    }
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if options["low"] > options["high"]:
+            raise ValueError(f"low ({options['low']}) exceeds high ({options['high']})")
+
+    def setup(self, ctx: Context) -> None:
+        self.domain = ctx.option("domain").replace("{domain}", ctx.domain)
+        ctx.add_route(self.domain, self.deliver)
+
+    def deliver(self, stanza: etree._Element) -> None:
+        if stanza.tag == "iq" and stanza.get("type") == "get":
+            reply = make_stanza("iq", to=stanza.get("from"), from_=stanza.get("to"), type_="result")
+            reply.set("id", stanza.get("id"))
+            add_child(reply, NS, "query", self.domain)
+            self.ctx.send(reply)
+
+
+def test_a_plugin_serves_its_own_domain_until_it_unloads(make_xmpp):
+    server = make_xmpp(enabled=["echo_service"], plugins=[EchoService])
+    alice = server.login("alice@localhost/phone")
+    reply = alice.request(iq(to="echo.localhost"))
+    assert reply.get("type") == "result" and reply.get("from") == "echo.localhost"
+    assert reply.findtext(f"{{{NS}}}query") == "echo.localhost"
+    assert server.server.serves("echo.localhost")
+    server.server.plugins.unload("echo_service", "localhost")
+    assert not server.server.serves("echo.localhost")
+    reply = alice.request(iq(to="echo.localhost"))
+    assert error_condition(reply) == "remote-server-not-found"  # no federation in this server
+
+
+def test_a_plugin_cannot_take_a_served_domain(make_xmpp):
+    server = make_xmpp(enabled=[], plugins=[EchoService], options={"echo_service": {"domain": "localhost"}})
+    with pytest.raises(PluginError, match="already served"):
+        server.server.plugins.load("echo_service", "localhost")
+    assert server.server.serves("localhost") and "localhost" not in server.server.routes
+
+
+def test_options_checked_together_are_a_config_error(make_xmpp):
+    with pytest.raises(ConfigError) as info:
+        make_xmpp(enabled=["echo_service"], plugins=[EchoService], options={"echo_service": {"low": 3}})
+    assert "[plugins.echo_service]" in str(info.value) and "low (3) exceeds high (2)" in str(info.value)

@@ -616,3 +616,28 @@ def test_a_message_right_after_an_idle_close_is_not_lost() -> None:
         assert [el.get("id") for el in second.received()] == ["m2"]
     finally:
         memory.stop()
+
+
+def test_a_plugin_service_domain_is_served_over_s2s(server: MemoryServer) -> None:
+    """Streams and dialback to a domain a plugin serves (``ctx.add_route``: the MUC service) are accepted,
+    and stanzas from the remote server reach the service: a remote user enters a local room."""
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send("<presence to='room@conference.localhost/Alice'/>")  # groupchat 1.0: an instant room
+    alice.drain()
+    peer = Peer(server)
+    peer.open(to="conference.localhost")
+    assert peer.header is not None and peer.header["from"] == "conference.localhost"
+    peer.next()  # features
+    peer.send(f"<db:result from='{REMOTE}' to='conference.localhost'>some-key</db:result>")
+    answer = etree.Element(f"{{{NS_DIALBACK}}}verify", nsmap={"db": NS_DIALBACK})
+    for name, value in (("from", REMOTE), ("to", "conference.localhost"), ("id", peer.header["id"])):
+        answer.set(name, value)
+    answer.set("type", "valid")
+    server.server.s2s.verify_answered(answer)
+    assert dict(peer.next().attrib) == {"from": "conference.localhost", "to": REMOTE, "type": "valid"}
+    peer.send(f"<presence from='bob@{REMOTE}/pc' to='room@conference.localhost/Bob'/>")
+    alice.expect(
+        "<presence from='room@conference.localhost/Bob'><x xmlns='http://jabber.org/protocol/muc#user'>"
+        "<item affiliation='none' role='participant'/></x></presence>"
+    )
+    assert peer.stream_errors == [] and not peer.closed
