@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lxml import etree
-from xmppd.plugins.muc.config import apply_form, owner_form
+from xmppd.plugins.muc.config import NS_ROOMCONFIG, apply_form, owner_form
 from xmppd.plugins.muc.occupant import (
     AFFILIATIONS,
     BANNED,
@@ -29,11 +29,11 @@ from xmppd.plugins.muc.occupant import (
     ROLES,
     Occupant,
 )
-from xmppd.plugins.muc.room import Refused, Room
+from xmppd.plugins.muc.room import Refused, Room, check_nick
 
 from xmppd.jid import JID, JIDError, parse_jid, prep_resource
-from xmppd.xml.dataform import Field, FormError, build_form, find_form, parse_form
-from xmppd.xml.stanza import add_child, make_result
+from xmppd.xml.dataform import Field, FormError, SubmittedForm, build_form, find_form, parse_form
+from xmppd.xml.stanza import add_child, copy_stanza, make_result
 
 NS_REGISTER = "jabber:iq:register"
 NS_MUC_REGISTER = "http://jabber.org/protocol/muc#register"
@@ -60,8 +60,10 @@ def admin_get(room: Room, iq: etree._Element, sender: JID) -> etree._Element:
     if affiliation is not None:
         if affiliation not in AFFILIATIONS or affiliation == "none":
             raise Refused("bad-request", f"no list of affiliation {affiliation!r}")
-        if actor_affiliation not in ("owner", "admin"):
-            raise Refused("forbidden", "only admins and owners see affiliation lists")
+        if actor_affiliation not in ("owner", "admin") or (
+            affiliation in ("owner", "admin") and actor_affiliation != "owner"
+        ):
+            raise Refused("forbidden", "you may not see that list")  # s9.5, s10.5, s10.8
         for bare, held in sorted(room.affiliations.items()):
             if held == affiliation:
                 item = add_child(out, NS_ADMIN, "item")
@@ -146,10 +148,11 @@ def _check_item(room: Room, item: etree._Element, sender: JID) -> tuple[str, Any
         raise Refused("bad-request", "an affiliation item needs a jid or an occupant's nick")
     if actor_affiliation not in ("owner", "admin"):
         raise Refused("forbidden", "only admins and owners change affiliations")  # s9
-    if actor_affiliation == "admin" and (
-        affiliation in ("owner", "admin") or room.affiliation(bare) in ("owner", "admin")
-    ):
-        raise Refused("not-allowed", "only owners change admins and owners")  # s10.3-10.8
+    if actor_affiliation == "admin":
+        if room.affiliation(bare) in ("owner", "admin"):
+            raise Refused("not-allowed", "admins cannot change admins and owners")  # s9.1
+        if affiliation in ("owner", "admin"):
+            raise Refused("forbidden", "only owners grant admin and owner")  # s10.3, s10.6
     return "affiliation", bare, affiliation, reason
 
 
@@ -200,17 +203,12 @@ def owner_set(room: Room, iq: etree._Element, sender: JID) -> etree._Element:
     if destroy is not None:
         destroy_room(room, destroy)
         return make_result(iq)
-    element = find_form(query)
-    if element is None:
-        raise Refused("bad-request", "send a configuration form or a destroy request")
+    form = submitted_form(query, NS_ROOMCONFIG, "send a configuration form or a destroy request")
+    if form is None:
+        if room.locked:
+            room.service.destroy(room)  # s10.1.3: cancelling the initial configuration
+        return make_result(iq)
     try:
-        form = parse_form(element)
-        if form.type == "cancel":
-            if room.locked:
-                room.service.destroy(room)  # s10.1.3: cancelling the initial configuration
-            return make_result(iq)
-        if form.type != "submit":
-            raise FormError("submit the form")
         new, lists = apply_form(
             room.config, form, max_users=room.service.max_occupants, max_history=room.service.max_history
         )
@@ -218,6 +216,25 @@ def owner_set(room: Room, iq: etree._Element, sender: JID) -> etree._Element:
         raise Refused("not-acceptable", str(e)) from None
     apply_config(room, new, lists)
     return make_result(iq)
+
+
+def submitted_form(query: etree._Element, form_type: str, missing: str) -> SubmittedForm | None:
+    """The submitted data form of a request (XEP-0004 s3.1), or None when the requester cancels.
+    Refused: ``bad-request`` without a form, ``not-acceptable`` for a malformed one or another FORM_TYPE."""
+    element = find_form(query)
+    if element is None:
+        raise Refused("bad-request", missing)
+    try:
+        form = parse_form(element)
+    except FormError as e:
+        raise Refused("not-acceptable", str(e)) from None
+    if form.type == "cancel":
+        return None
+    if form.type != "submit":
+        raise Refused("not-acceptable", "submit the form")
+    if form.form_type not in (None, form_type):
+        raise Refused("not-acceptable", f"FORM_TYPE must be {form_type}")
+    return form
 
 
 def apply_config(room: Room, new: dict[str, Any], lists: dict[str, list[str]]) -> None:
@@ -270,7 +287,8 @@ def destroy_room(room: Room, destroy: etree._Element | None) -> None:
         if password:
             add_child(notice, NS_USER, "password", password[:1024])
     for occupant in list(room.occupants.values()):
-        room.remove_occupant(occupant, extra=notice)
+        # s10.9: each occupant hears only of its own removal, not of everyone else's
+        room.remove_occupant(occupant, extra=copy_stanza(notice), broadcast=False)
     room.service.destroy(room)
 
 
@@ -314,17 +332,12 @@ def register_set(room: Room, iq: etree._Element, sender: JID) -> etree._Element:
         room.service.save(room)
         return make_result(iq)
     _may_register(room, bare)
-    element = find_form(query)
-    if element is None:
-        raise Refused("bad-request", "submit the registration form")
+    form = submitted_form(query, NS_MUC_REGISTER, "submit the registration form")
+    if form is None:
+        return make_result(iq)
     try:
-        form = parse_form(element)
-        if form.type == "cancel":
-            return make_result(iq)
-        nick = (form.text("muc#register_roomnick") or "").strip()
-        if form.type != "submit" or not nick:
-            raise FormError("muc#register_roomnick is required")
-        nick = prep_resource(nick)
+        nick = prep_resource((form.text("muc#register_roomnick") or "").strip())
+        check_nick(nick)
     except (FormError, JIDError) as e:
         raise Refused("not-acceptable", str(e)) from None
     holder = room.nick_owner(nick)

@@ -127,8 +127,6 @@ def apply_form(
     """The configuration after an owner's submitted form, and the affiliation lists it sets
     (``{"admin": [...], "owner": [...]}`` for the jid-multi fields present). FormError on a bad value;
     nothing is changed then."""
-    if form.form_type not in (None, NS_ROOMCONFIG):
-        raise FormError(f"FORM_TYPE must be {NS_ROOMCONFIG}")
     new = dict(config)
     for var in form.values:
         option = BY_VAR.get(var)

@@ -85,9 +85,10 @@ def occupant_presence(
     presence.set("from", str(JID(room_jid.local, room_jid.domain, occupant.nick)))
     if unavailable:
         presence.set("type", "unavailable")
-    else:
-        for child in occupant.presence:
-            if isinstance(child.tag, str) and child.tag not in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
+    for child in occupant.presence:
+        # s7.7 / s7.14: the occupant's presence information passes through (only <status/> when leaving)
+        if isinstance(child.tag, str) and child.tag not in (f"{{{NS_MUC}}}x", f"{{{NS_USER}}}x"):
+            if not unavailable or child.tag == "status":
                 presence.append(copy_stanza(child))
     x = add_child(presence, NS_USER, "x")
     item = add_child(x, NS_USER, "item")

@@ -204,7 +204,7 @@ class Room:
         occupant = self.by_jid.get(sender)
         if type_ == "unavailable":
             if occupant is not None:
-                self.leave(sender)
+                self.leave(sender, stanza)
             return
         if type_ == "error":
             if occupant is not None:
@@ -224,6 +224,7 @@ class Room:
     def check_entry(self, stanza: etree._Element, bare: JID, nick: str) -> Occupant | None:
         """s7.2.5-s7.2.11: may ``bare`` enter as ``nick``? Returns the occupant it joins as another
         session of (s7.2.7) or None; raises Refused."""
+        check_nick(nick)
         affiliation = self.affiliation(bare)
         if self.locked and affiliation != "owner":
             raise Refused("item-not-found", "this room is being set up")  # s10.1.1
@@ -295,8 +296,12 @@ class Room:
         Every session of a multi-session occupant moves with it."""
         existing = self.occupants.get(nick)
         registered_by = self.nick_owner(nick)
-        if existing is not None or (registered_by is not None and registered_by != str(occupant.bare)):
-            self.refuse(stanza, Refused("conflict", "that nickname is in use"))
+        try:
+            check_nick(nick)
+            if existing is not None or (registered_by is not None and registered_by != str(occupant.bare)):
+                raise Refused("conflict", "that nickname is in use")  # s7.6
+        except Refused as e:
+            self.refuse(stanza, e)
             return
         self.broadcast_presence(occupant, unavailable=True, codes=(NICK_CHANGED,), nick=nick)
         del self.occupants[occupant.nick]
@@ -306,16 +311,25 @@ class Room:
         occupant.current = sender
         self.broadcast_presence(occupant)
 
-    def leave(self, sender: JID) -> None:
-        """s7.14: a session leaves."""
+    def leave(self, sender: JID, presence: etree._Element | None = None) -> None:
+        """s7.14: a session leaves; the <status/> of its unavailable presence goes to the others."""
         occupant = self.by_jid.get(sender)
         if occupant is not None:
-            self.remove_sessions(occupant, [sender])
+            self.remove_sessions(occupant, [sender], last=presence)
 
-    def remove_sessions(self, occupant: Occupant, sessions: list[JID], **details: Any) -> None:
+    def remove_sessions(
+        self,
+        occupant: Occupant,
+        sessions: list[JID],
+        *,
+        last: etree._Element | None = None,
+        broadcast: bool = True,
+        **details: Any,
+    ) -> None:
         """Remove sessions of an occupant. When none is left the occupant leaves the room: everyone gets
-        its unavailable presence (with ``details``: codes, actor, reason, a destroy notice); otherwise only
-        the leaving sessions hear it."""
+        its unavailable presence (with ``details``: codes, actor, reason, a destroy notice; the status
+        text of ``last``, its own unavailable presence), or only itself unless ``broadcast``; while other
+        sessions remain, only the leaving ones hear it."""
         for full in sessions:
             occupant.sessions.pop(full, None)
             self.by_jid.pop(full, None)
@@ -341,12 +355,10 @@ class Room:
             return
         if self.occupants.get(occupant.nick) is occupant:
             del self.occupants[occupant.nick]
-        leaving = Occupant(
-            occupant.nick, occupant.bare, occupant.role, {s: etree.Element("presence") for s in sessions}
-        )
-        self.broadcast_presence(
-            leaving, recipients=[*self.occupants.values(), leaving], unavailable=True, **details
-        )
+        final = last if last is not None else etree.Element("presence")
+        leaving = Occupant(occupant.nick, occupant.bare, occupant.role, {s: final for s in sessions})
+        recipients = [*self.occupants.values(), leaving] if broadcast else [leaving]
+        self.broadcast_presence(leaving, recipients=recipients, unavailable=True, **details)
         if not self.occupants:
             self.service.emptied(self)
 
@@ -485,7 +497,7 @@ class Room:
             self._iq_answer(iq, sender, nick)
             return
         if occupant is None:
-            raise Refused("not-acceptable", "you are not in this room")  # XEP-0410 s3.1
+            raise Refused("not-acceptable", "you are not in this room", "cancel")  # XEP-0410 s3.1
         target = self.occupants.get(nick)
         query = payload(iq)
         if target is occupant and query is not None and query.tag == f"{{{NS_PING}}}ping":
@@ -517,6 +529,12 @@ class Room:
         answer.set("from", self.occupant_jid(answering.nick))
         answer.set("id", request_id)
         self.send(answer, requester)
+
+
+def check_nick(nick: str) -> None:
+    """XEP-0045 s17.1 (Business Rules, Addresses): no empty or invisible nicknames (only white space)."""
+    if not nick.strip():
+        raise Refused("jid-malformed", "a nickname must have visible characters")
 
 
 def encode_iq_id(requester: JID, request_id: str) -> str:

@@ -102,7 +102,8 @@ def test_disco_items_of_the_server(xmpp_process):
     async def check(alice):
         items = await alice.plugin["xep_0030"].get_items(jid="localhost", timeout=5)
         assert items["type"] == "result"
-        assert items["disco_items"]["items"] == set()  # no components or services yet
+        # no components yet; the MUC service is the one service of the default plugins
+        assert items["disco_items"]["items"] == {("conference.localhost", None, "Chatrooms")}
 
     run_as_alice(proc, check)
 
@@ -327,7 +328,8 @@ def test_unload_load_and_reload_while_clients_stay_connected(xmpp_process):
             result = await ctl(proc, "plugins", "unload", "disco")
             assert result.returncode == 1
             assert result.stderr.strip() == (
-                "xmppdctl: plugin 'disco' is required by contact_info, caps on localhost; unload those first"
+                "xmppdctl: plugin 'disco' is required by contact_info, caps, muc on localhost;"
+                " unload those first"
             )
             assert DEFAULT_FEATURES <= await features(alice)
 
