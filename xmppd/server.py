@@ -15,7 +15,7 @@ from typing import Any
 
 from lxml import etree
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -33,6 +33,8 @@ from xmppd.storage import open_storage
 from xmppd.stream.c2s import C2SFactory
 
 log = logger("xmppd.server")
+#: Seconds shutdown waits for closed client streams to flush their last bytes.
+CLOSE_WAIT = 3.0
 
 
 class Host:
@@ -235,6 +237,15 @@ class XMPPServer(MultiService):
             self._write_listeners_file()  # written last: its presence says the server is ready
         log.info("xmppd serving {domains}", domains=", ".join(self.hosts))
 
+    @defer.inlineCallbacks
+    def _closing_streams(self, limit: float) -> defer.Deferred:
+        """Wait (at most ``limit`` seconds) until the closed streams have gone: what was written to them
+        last (goodbyes, the stream error) reaches the clients before the reactor drops every
+        connection at the end of shutdown."""
+        deadline = self.reactor.seconds() + limit
+        while self.streams and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.02, lambda: None)
+
     def _storage_failed(self, failure: Any) -> None:
         log.failure("storage failed to start; stopping", failure)
         self.reactor.stop()
@@ -242,10 +253,14 @@ class XMPPServer(MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> defer.Deferred:
         yield self.stop_listening()
+        # Plugins say goodbye while every stream is still open (the MUC tells occupants with status 332).
+        log.info("stopping: closing every stream")
+        self.fire_global("server-stopping", None)
         for stream in list(self.streams):
             stream.close("system-shutdown")
         if self.s2s is not None:
             self.s2s.close_all()
+        yield self._closing_streams(CLOSE_WAIT)
         self.plugins.unload_all()
         yield super().stopService()
         yield self.storage.stop()

@@ -84,6 +84,7 @@ class MUC(Plugin):
             self.services[domain] = service
             service.start()
         ctx.hook("session-ended", self.session_ended)
+        ctx.hook("server-stopping", lambda _: self.teardown())
 
     def session_ended(self, event: Any) -> None:
         if event.session.jid is not None:

@@ -400,7 +400,7 @@ class Room:
     def groupchat(self, stanza: etree._Element, occupant: Occupant | None) -> None:
         """s7.4: reflect to every occupant from the sender's occupant JID; s8.1: subject changes."""
         if occupant is None:
-            raise Refused("not-acceptable", "you are not in this room")
+            raise Refused("not-acceptable", "you are not in this room", "cancel")
         if occupant.role == "visitor":
             raise Refused("forbidden", "you have no voice in this room")  # s7.4, s8.3
         subject, body = stanza.find("subject"), stanza.find("body")
@@ -425,7 +425,7 @@ class Room:
         if stanza.get("type") == "groupchat":
             raise Refused("bad-request", "a private message is not of type groupchat")
         if occupant is None:
-            raise Refused("not-acceptable", "you are not in this room")
+            raise Refused("not-acceptable", "you are not in this room", "cancel")
         target = self.occupants.get(nick)
         if target is None:
             raise Refused("item-not-found", f"nobody is called {nick} here")
