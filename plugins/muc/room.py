@@ -51,6 +51,7 @@ GONE = {
     "service-unavailable",
 }
 MAX_INVITES = 20  # <invite/> elements honoured in one message
+MAX_SESSIONS = 10  # sessions of one user under one nickname (s7.2.7); remote users are bounded here
 
 
 class Refused(Exception):
@@ -233,6 +234,8 @@ class Room:
         existing = self.occupants.get(nick)
         if existing is not None and existing.bare != bare:
             raise Refused("conflict", "that nickname is in use")  # s7.2.9
+        if existing is not None and len(existing.sessions) >= MAX_SESSIONS:
+            raise Refused("resource-constraint", "too many sessions under this nickname", "wait")
         registered_by = self.nick_owner(nick)
         if registered_by is not None and registered_by != str(bare):
             raise Refused("conflict", "that nickname is registered by someone else")  # s7.2.9, s7.10

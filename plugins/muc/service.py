@@ -52,8 +52,13 @@ class Service:
         async def load() -> None:
             for name in await storage.users(self.domain, STORE):
                 doc = await storage.get(self.domain, STORE, name)
-                if doc:
+                try:
                     self.rooms[name] = self._restore(name, doc)
+                except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+                    # Left in storage untouched, for the operator to repair; the other rooms still load.
+                    self.ctx.log.error(
+                        "{domain}: room {name} not loaded: {error!r}", domain=self.domain, name=name, error=e
+                    )
             self.ctx.log.info("{domain}: {count} persistent rooms", domain=self.domain, count=len(self.rooms))
 
         def done(result: Any) -> Any:
@@ -69,7 +74,11 @@ class Service:
 
     def _restore(self, name: str, doc: dict[str, Any]) -> Room:
         config = default_config(self.ctx.option)
-        config.update(doc.get("config") or {})
+        stored = doc.get("config") or {}
+        unknown = set(stored) - set(config)
+        if unknown or any(type(stored[k]) is not type(config[k]) for k in stored):
+            raise ValueError(f"bad configuration keys or values: {sorted(stored)}")
+        config.update(stored)
         subject = doc.get("subject") or ["", ""]
         return Room(
             self,

@@ -1,0 +1,61 @@
+"""The muc plugin's stored rooms: what is kept, what a damaged record does, and per-nickname bounds."""
+
+from __future__ import annotations
+
+from lxml import etree
+from xmppd.plugins.muc.room import MAX_SESSIONS
+
+from xmppd.xml.stanza import error_condition
+
+SERVICE = "conference.localhost"
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_OWNER = "http://jabber.org/protocol/muc#owner"
+QUIET = {"ping": {"keepalive_interval": 0}}
+
+
+def stored(server, name):
+    found = []
+    server.server.storage.get(SERVICE, "muc_rooms", name).addCallback(found.append)
+    return found[0]
+
+
+def info(client, room):
+    return client.request(f"<iq type='get' id='i' to='{room}@{SERVICE}'><query xmlns='{NS_INFO}'/></iq>")
+
+
+def test_a_persistent_room_is_stored_and_read_back_and_a_damaged_record_is_kept_aside(make_xmpp):
+    server = make_xmpp(options={**QUIET, "muc": {"persistent_rooms": True}})
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send(f"<presence to='good@{SERVICE}/Alice'><x xmlns='{NS_MUC}'/></presence>")
+    alice.request(
+        f"<iq type='set' id='c' to='good@{SERVICE}'><query xmlns='{NS_OWNER}'>"
+        "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_roomname'><value>Good</value>"
+        "</field></x></query></iq>"
+    )
+    doc = stored(server, "good")
+    assert doc["config"]["name"] == "Good" and doc["affiliations"] == {"alice@localhost": "owner"}
+    damaged = {"config": {"maxusers": "lots"}, "affiliations": {}}
+    server.server.storage.set(SERVICE, "muc_rooms", "bad", damaged)
+    server.server.plugins.reload("muc")  # rooms are read from storage again
+    alice.drain()
+    name = info(alice, "good")[0].find(f"{{{NS_INFO}}}identity").get("name")
+    assert name == "Good"
+    assert error_condition(info(alice, "bad")) == "item-not-found"
+    assert stored(server, "bad") == damaged  # not deleted: the operator can repair it
+
+
+def test_one_user_has_a_bounded_number_of_sessions_under_one_nickname(make_xmpp):
+    server = make_xmpp(options=QUIET, config={"server": {"max_sessions_per_user": MAX_SESSIONS + 5}})
+    server.adduser("alice@localhost")
+    clients = [server.login(f"alice@localhost/r{i}", create=False) for i in range(MAX_SESSIONS + 1)]
+    for client in clients:
+        client.send(f"<presence to='room@{SERVICE}/Alice'/>")
+    last = [el for el in clients[-1].drain() if el.tag == "presence"]
+    assert [error_condition(el) for el in last] == ["resource-constraint"]
+    for client in clients[:-1]:
+        assert not any(el.get("type") == "error" for el in client.drain())
+    clients[0].send(f"<message to='room@{SERVICE}' type='groupchat'><body>still here</body></message>")
+    assert any(
+        isinstance(el, etree._Element) and el.findtext("body") == "still here" for el in clients[1].drain()
+    )
