@@ -99,3 +99,68 @@ def _chat(proc, pages, browser, service: str, transport: str) -> None:
             assert not state["errors"], f"the page reported errors\n{browser.describe(state)}"
 
     run(main(), timeout=90)
+
+
+@pytest.mark.parametrize("transport", ["bosh", "websocket"])
+def test_browser_group_chat(xmpp_process, transport: str) -> None:
+    """bob (slixmpp) creates a room; alice enters it from the browser (XEP-0045 s7.2 over BOSH or
+    WebSocket): she sees bob in the room and his message, and her message reaches bob from her nick."""
+    room = "lobby@conference.localhost"
+    with driver.PageServer() as pages:
+        proc = xmpp_process(
+            config={
+                "listen": {"http": ["tcp:0:interface=127.0.0.1"]},
+                "http": {"cors_origins": [pages.origin]},
+            },
+            users=USERS,
+        )
+        page = pages.url(
+            service=service_url(proc, transport), jid="alice@localhost/browser", password="alice-pw"
+        )
+        with driver.Browser() as browser:
+            try:
+                _group_chat(proc, browser, page, room)
+            finally:
+                browser.screenshot(f"browser-muc-{transport}")
+
+
+def _group_chat(proc, browser, page: str, room: str) -> None:
+    async def main() -> None:
+        async with Clients(proc) as clients:
+            bob = await clients.login("bob@localhost/desk", "bob-pw", plugins=("xep_0030", "xep_0045"))
+            muc = bob.plugin["xep_0045"]
+            await muc.join_muc_wait(room, "Bob", maxstanzas=0, timeout=15)
+            await muc.set_room_config(room, muc.xmpp.plugin["xep_0004"].make_form(ftype="submit"), timeout=15)
+            await asyncio.to_thread(browser.open, page)
+            await asyncio.to_thread(browser.wait_connected)
+            await asyncio.to_thread(browser.call, "window.xmppTest.join(arguments[0], 'Alice');", room)
+            await asyncio.to_thread(
+                browser.wait_for,
+                lambda s: any(p["from"] == f"{room}/Bob" for p in s.get("presences", [])),
+                "bob's presence in the room",
+            )
+            bob.send_message(mto=room, mbody="welcome, alice", mtype="groupchat")
+            state = await asyncio.to_thread(
+                browser.wait_for,
+                lambda s: any(m.get("body") == "welcome, alice" for m in s.get("messages", [])),
+                "bob's group message in the page",
+            )
+            got = next(m for m in state["messages"] if m.get("body") == "welcome, alice")
+            assert (got["from"], got["type"]) == (f"{room}/Bob", "groupchat"), got
+
+            heard = asyncio.get_running_loop().create_future()
+
+            def on_groupchat(msg) -> None:
+                if msg["body"] == "thanks, bob" and not heard.done():
+                    heard.set_result(msg)
+
+            bob.add_event_handler("groupchat_message", on_groupchat)
+            await asyncio.to_thread(
+                browser.call, "window.xmppTest.groupchat(arguments[0], 'thanks, bob');", room
+            )
+            msg = await asyncio.wait_for(heard, 15)
+            assert str(msg["from"]) == f"{room}/Alice", msg
+            state = browser.state()
+            assert not state["errors"], f"the page reported errors\n{browser.describe(state)}"
+
+    run(main(), timeout=90)

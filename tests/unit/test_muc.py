@@ -34,26 +34,24 @@ NS_PING = "urn:xmpp:ping"
 NS_VCARD = "vcard-temp"
 NS_CONFERENCE = "jabber:x:conference"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-# No keepalive pings from the server when a test moves the clock.
-QUIET = {"ping": {"keepalive_interval": 0}}
+# s6.3: one disco#info feature of each room-type pair, for the default room (public, temporary, open,
+# unmoderated, semi-anonymous, unsecured) and for its opposite.
+DEFAULT_ROOM_TYPE_FEATURES = frozenset(
+    ("muc_public", "muc_temporary", "muc_open", "muc_unmoderated", "muc_semianonymous", "muc_unsecured")
+)
+OPPOSITE_ROOM_TYPE_FEATURES = frozenset(
+    (
+        "muc_hidden",
+        "muc_persistent",
+        "muc_membersonly",
+        "muc_moderated",
+        "muc_nonanonymous",
+        "muc_passwordprotected",
+    )
+)
 
 
-# -- helpers (test_muc_admin.py imports these) -----------------------------------------------------------
-
-
-@pytest.fixture
-def server(make_xmpp):
-    return make_xmpp(options=QUIET)
-
-
-@pytest.fixture
-def muc_server(make_xmpp):
-    """``muc_server(**muc_options)``: a memory server with [plugins.muc] options."""
-
-    def make(**muc: Any) -> Any:
-        return make_xmpp(options={**QUIET, "muc": muc})
-
-    return make
+# -- helpers (test_muc_admin.py imports these; the fixtures server and muc_server are in conftest.py) ------
 
 
 def jid(room: str, nick: str | None = None) -> str:
@@ -222,6 +220,19 @@ def groupchat(client: Any, room: str, body: str, id_: str | None = None, extra: 
     client.send(f"<message type='groupchat' to='{jid(room)}'{id_attr}><body>{body}</body>{extra}</message>")
 
 
+def set_subject(client: Any, room: str, subject: str) -> None:
+    """Send a subject change to the room (s8.1)."""
+    client.send(f"<message type='groupchat' to='{jid(room)}'><subject>{subject}</subject></message>")
+
+
+def invite(client: Any, room: str, to: str, reason: str | None = None) -> None:
+    """Send a mediated invitation of ``to`` through the room (s7.8.2)."""
+    inner = "" if reason is None else f"<reason>{reason}</reason>"
+    client.send(
+        f"<message to='{jid(room)}'><x xmlns='{NS_USER}'><invite to='{to}'>{inner}</invite></x></message>"
+    )
+
+
 def leave(client: Any, room: str, nick: str) -> list[etree._Element]:
     client.send(f"<presence type='unavailable' to='{jid(room, nick)}'/>")
     return client.drain()
@@ -232,10 +243,30 @@ def drain_all(*clients: Any) -> None:
         c.drain()
 
 
+def room_with(server: Any, *others: str, config: dict[str, Any] | None = None) -> list[Any]:
+    """alice (owner, nick Alice, alice@localhost/phone) in room 'room' created with ``config``, then the given
+    users (bob, carol, ...) entered as <name>@localhost/<initial> with capitalised nicks; all inboxes read.
+    Returns [alice, *others]."""
+    alice = online(server, "alice@localhost/phone")
+    create(alice, "room", "Alice", config)
+    clients = [alice]
+    for name in others:
+        client = online(server, f"{name}@localhost/{name[0]}")
+        enter(client, "room", name.capitalize())
+        clients.append(client)
+    drain_all(*clients)
+    return clients
+
+
 def disco_info(client: Any, to: str, node: str | None = None) -> etree._Element:
     node_attr = f" node='{node}'" if node else ""
     answer, _ = iq(client, "get", to, f"<query xmlns='{NS_INFO}'{node_attr}/>")
     return answer
+
+
+def room_identity(name: str) -> dict[str, str]:
+    """The disco#info identity of a room called ``name`` (s6.3)."""
+    return {"category": "conference", "type": "text", "name": name}
 
 
 def features(answer: etree._Element) -> set[str]:
@@ -314,31 +345,15 @@ def test_room_list_has_public_rooms_only(server):
 def test_room_info_features_and_roominfo_form(server):
     """s6.3 (and XEP-0128): identity conference/text with the room name, the muc feature, one feature of each
     room-type pair, and a muc#roominfo form with description, occupant count and subject."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "coven", "Alice", {"roomname": "Coven", "roomdesc": "Witches only", "whois": "moderators"})
-    alice.send(f"<message type='groupchat' to='{jid('coven')}'><subject>Fire burn</subject></message>")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "coven", "Bob")
-    answer = disco_info(bob, jid("coven"))
+    alice, bob = room_with(
+        server, "bob", config={"roomname": "Coven", "roomdesc": "Witches only", "whois": "moderators"}
+    )
+    set_subject(alice, "room", "Fire burn")
+    answer = disco_info(bob, jid("room"))
     assert answer.get("type") == "result", show(answer)
-    assert {"category": "conference", "type": "text", "name": "Coven"} in identities(answer), show(answer)
-    assert {
-        NS_MUC,
-        "muc_public",
-        "muc_temporary",
-        "muc_open",
-        "muc_unmoderated",
-        "muc_semianonymous",
-        "muc_unsecured",
-    } <= features(answer), show(answer)
-    assert not {
-        "muc_hidden",
-        "muc_persistent",
-        "muc_membersonly",
-        "muc_moderated",
-        "muc_nonanonymous",
-        "muc_passwordprotected",
-    } & features(answer), show(answer)
+    assert room_identity("Coven") in identities(answer), show(answer)
+    assert {NS_MUC} | DEFAULT_ROOM_TYPE_FEATURES <= features(answer), show(answer)
+    assert not OPPOSITE_ROOM_TYPE_FEATURES & features(answer), show(answer)
     info = forms(answer).get(NS_ROOMINFO)
     assert info is not None, show(answer)
     assert info.get("muc#roominfo_description") == ["Witches only"], info
@@ -349,12 +364,9 @@ def test_room_info_features_and_roominfo_form(server):
 def test_room_info_features_of_the_opposite_room_types(server):
     """s6.3: hidden, persistent, members-only, moderated, non-anonymous and password-protected rooms say
     so."""
-    alice = online(server, "alice@localhost/phone")
-    create(
-        alice,
-        "vault",
-        "Alice",
-        {
+    (alice,) = room_with(
+        server,
+        config={
             "publicroom": False,
             "persistentroom": True,
             "membersonly": True,
@@ -364,23 +376,9 @@ def test_room_info_features_of_the_opposite_room_types(server):
             "roomsecret": "cauldron",
         },
     )
-    answer = disco_info(alice, jid("vault"))
-    assert {
-        "muc_hidden",
-        "muc_persistent",
-        "muc_membersonly",
-        "muc_moderated",
-        "muc_nonanonymous",
-        "muc_passwordprotected",
-    } <= features(answer), show(answer)
-    assert not {
-        "muc_public",
-        "muc_temporary",
-        "muc_open",
-        "muc_unmoderated",
-        "muc_semianonymous",
-        "muc_unsecured",
-    } & features(answer), show(answer)
+    answer = disco_info(alice, jid("room"))
+    assert OPPOSITE_ROOM_TYPE_FEATURES <= features(answer), show(answer)
+    assert not DEFAULT_ROOM_TYPE_FEATURES & features(answer), show(answer)
 
 
 def test_info_of_a_room_that_does_not_exist(server):
@@ -451,9 +449,7 @@ def test_reserved_room_configuration_form(server):
     assert answer.get("type") == "result", show(answer)
     bob = online(server, "bob@localhost/pda")
     enter(bob, "room", "Bob")
-    assert {"category": "conference", "type": "text", "name": "Heath"} in identities(
-        disco_info(bob, jid("room"))
-    )
+    assert room_identity("Heath") in identities(disco_info(bob, jid("room")))
 
 
 def test_cancelling_the_initial_configuration_destroys_the_room(server):
@@ -488,11 +484,7 @@ def test_groupchat_1_0_join_creates_an_unlocked_room(server):
 def test_order_of_events_when_entering(server):
     """s7.1, s7.2.3, s7.2.16: the joiner gets the occupants' presence, then its own presence with 110 (and
     its item), then the subject, last; the occupants get the joiner's presence (without 110)."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    carol = online(server, "carol@localhost/web")
-    enter(carol, "room", "Carol")
-    alice.drain()
+    alice, carol = room_with(server, "carol")
     bob = online(server, "bob@localhost/pda")
     got = join(bob, "room", "Bob")
     froms = [(el.tag, el.get("from")) for el in got]
@@ -521,11 +513,10 @@ def test_order_of_events_when_entering(server):
 def test_history_is_sent_after_presence_with_delay_and_before_the_subject(server):
     """s7.2.14: discussion history comes after the presences, each message from the sender's occupant JID
     with a XEP-0203 <delay/> whose 'from' is the room; the subject comes after it (s7.2.16)."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     for n in range(3):
         groupchat(alice, "room", f"old {n}")
-    alice.send(f"<message type='groupchat' to='{jid('room')}'><subject>Toil</subject></message>")
+    set_subject(alice, "room", "Toil")
     alice.drain()
     bob = online(server, "bob@localhost/pda")
     got = join(bob, "room", "Bob")
@@ -552,8 +543,7 @@ def join_history(server: Any, who: str, history: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def five_messages(server):
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     for n in range(5):
         groupchat(alice, "room", f"m{n}")
     alice.drain()
@@ -570,8 +560,7 @@ def test_history_maxstanzas(five_messages):
 def test_history_maxchars(server):
     """s7.2.15: maxchars counts the characters of whole stanzas and only complete stanzas are sent; 0 means
     no history at all."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     groupchat(alice, "room", "long " + "x" * 2000)
     groupchat(alice, "room", "short")
     alice.drain()
@@ -582,8 +571,7 @@ def test_history_maxchars(server):
 def test_history_seconds(server):
     """s7.2.15: seconds sends only the messages of the last X seconds; combined with maxstanzas the smaller
     set wins."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     groupchat(alice, "room", "early")
     server.advance(100)
     groupchat(alice, "room", "late 1")
@@ -597,8 +585,7 @@ def test_history_seconds(server):
 
 def test_history_since(server):
     """s7.2.15: since (a XEP-0082 dateTime) sends only the messages received after it."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     groupchat(alice, "room", "before")
     server.advance(100)
     groupchat(alice, "room", "after")
@@ -620,8 +607,7 @@ def test_history_is_bounded(muc_server):
     """Contract (s7.2.14 leaves the amount to the service): a room keeps and sends at most default_history
     messages, the most recent ones."""
     server = muc_server(default_history=5)
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     for n in range(12):
         groupchat(alice, "room", f"m{n}")
     alice.drain()
@@ -632,8 +618,7 @@ def test_history_is_bounded(muc_server):
 def test_nickname_conflict(server):
     """s7.2.9: a nick used by another user is refused with <conflict/> (cancel) from room/nick; the room is
     unaffected."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/pda")
     refused = the_error(join(bob, "room", "Alice"), "presence")
     assert_error(refused, "conflict", "cancel")
@@ -646,11 +631,7 @@ def test_nickname_conflict(server):
 def test_multi_session_nick(server):
     """Contract (multi-session nicks): two resources of one account share a nick; others still see one
     occupant, and room traffic and private messages reach both sessions."""
-    phone = online(server, "alice@localhost/phone")
-    create(phone, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    phone.drain()
+    phone, bob = room_with(server, "bob")
     laptop = online(server, "alice@localhost/laptop")
     got = enter(laptop, "room", "Alice")
     assert item(own_presence(got, "room", "Alice")).get("affiliation") == "owner"
@@ -678,8 +659,7 @@ def test_multi_session_nick(server):
 
 def test_join_without_a_nick_is_jid_malformed(server):
     """s7.2.2 (no nickname specified): presence to the bare room JID gets <jid-malformed/> (modify)."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/pda")
     bob.send(f"<presence to='{jid('room')}'><x xmlns='{NS_MUC}'/></presence>")
     assert_error(the_error(bob.drain(), "presence"), "jid-malformed", "modify")
@@ -695,11 +675,7 @@ def test_join_without_a_nick_is_jid_malformed(server):
 def test_invalid_nick_is_jid_malformed(server, nick):
     """RFC 7622 s3.4 (nicks are resourceparts, XEP-0045 s7.2.1): an impossible nick never reaches the room;
     the router answers <jid-malformed/>, and the room works on."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     mallory = online(server, "mallory@localhost/evil")
     mallory.send(f"<presence to='{jid('room')}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
     assert_error(the_error(mallory.drain(), "presence"), "jid-malformed")
@@ -713,8 +689,7 @@ def test_nick_of_spaces_only_is_refused(server, nick):
     """Business rules, addresses: "a MUC service MUST NOT allow empty or invisible Room Nicknames (i.e., Room
     Nicknames that consist only of one or more space characters)"; a valid resourcepart made of spaces is
     refused (<jid-malformed/> or <not-acceptable/>), on entry and as a nick change; the room works on."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/pda")
     refused = the_error(join(bob, "room", nick), "presence")
     assert error_condition(refused) in ("jid-malformed", "not-acceptable"), show(refused)
@@ -730,11 +705,7 @@ def test_nick_of_spaces_only_is_refused(server, nick):
 def test_forged_muc_user_data_in_presence_is_not_reflected(server):
     """Business rules, presence: only the service generates muc#user data; muc#user items and status codes an
     occupant puts in its presence are not reflected to the others."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(
         f"<presence to='{jid('room', 'Bob')}'><show>dnd</show><x xmlns='{NS_USER}'>"
         "<item affiliation='owner' role='moderator' jid='alice@localhost/phone'/><status code='201'/>"
@@ -771,11 +742,7 @@ def test_odd_stanzas_leave_the_room_working(server, name, sender):
     """Bad input (RFC 6120 s8.3 and the XEP-0045 business rules): subscriptions and probes to occupant JIDs,
     stray iq answers, invitations and declines without a usable address get an error or nothing; no occupant
     sees anything and the room works on with everyone still in it."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     client = bob if sender == "occupant" else online(server, "mallory@localhost/evil")
     client.send(ODD_STANZAS[name].format(room=jid("room"), occupant=jid("room", "Alice")))
     answers = client.drain()
@@ -788,8 +755,7 @@ def test_odd_stanzas_leave_the_room_working(server, name, sender):
 def test_unavailable_from_a_non_occupant_is_ignored(server):
     """Business rules, presence: a room silently ignores unavailable presence from someone who is not in
     it."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     mallory = online(server, "mallory@localhost/evil")
     for to in (jid("room", "Alice"), jid("room", "Mallory"), jid("room")):
         mallory.send(f"<presence type='unavailable' to='{to}'/>")
@@ -799,11 +765,7 @@ def test_unavailable_from_a_non_occupant_is_ignored(server):
 
 def test_changing_availability_is_broadcast(server):
     """s7.7: presence with <show/> or <status/> to the room is broadcast from the occupant JID."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<presence to='{jid('room', 'Bob')}'><show>away</show><status>brewing</status></presence>")
     for client in (alice, bob):
         got = presences(client.drain(), jid("room", "Bob"), "available")
@@ -816,8 +778,7 @@ def test_changing_availability_is_broadcast(server):
 def test_room_names_are_case_insensitive(server):
     """RFC 7622 s3.3 (a room JID's localpart is prepared like any localpart, XEP-0045 s4.1): ROOM@service is
     the same room as room@service."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/pda")
     bob.send(f"<presence to='ROOM@{SERVICE}/Bob'><x xmlns='{NS_MUC}'/></presence>")
     got = bob.drain()
@@ -829,11 +790,7 @@ def test_room_names_are_case_insensitive(server):
 def test_join_presence_sent_again_is_not_a_second_occupant(server):
     """s7.7 (presence from an occupant is a status change): a client re-sending its join presence stays one
     occupant; a single exit removes it."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     join(bob, "room", "Bob")
     seen = alice.drain()
     assert not presences(seen, type_="unavailable") and {p.get("from") for p in seen} <= {jid("room", "Bob")}
@@ -846,13 +803,10 @@ def test_join_presence_sent_again_is_not_a_second_occupant(server):
 def test_multi_session_one_session_dropping(server):
     """Contract (multi-session nicks) with s7.14: one session of a shared nick losing its connection does not
     take the nick out of the room."""
-    phone = online(server, "alice@localhost/phone")
-    create(phone, "room", "Alice")
+    phone, bob = room_with(server, "bob")
     laptop = online(server, "alice@localhost/laptop")
     enter(laptop, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    drain_all(phone, laptop)
+    drain_all(phone, bob)
     laptop.disconnect()
     assert not presences(bob.drain(), jid("room", "Alice"), "unavailable")
     chat_works(bob, "room", "Bob", phone)
@@ -861,10 +815,7 @@ def test_multi_session_one_session_dropping(server):
 def test_private_messages_are_not_history(server):
     """s7.2.14 (history is the room's groupchat discussion) with s7.5: a private message never shows up in the
     history a newcomer gets."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
+    alice, bob = room_with(server, "bob")
     bob.send(f"<message type='chat' to='{jid('room', 'Alice')}'><body>secret</body></message>")
     groupchat(bob, "room", "public")
     drain_all(alice, bob)
@@ -873,11 +824,7 @@ def test_private_messages_are_not_history(server):
 
 def test_groupchat_to_an_occupant_jid_is_a_bad_request(server):
     """s7.5: a private message of type groupchat (to room/nick) is not delivered; <bad-request/>."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<message type='groupchat' to='{jid('room', 'Alice')}'><body>psst</body></message>")
     assert_error(the_error(bob.drain(), "message"), "bad-request")
     assert alice.drain() == []
@@ -887,10 +834,7 @@ def test_groupchat_to_an_occupant_jid_is_a_bad_request(server):
 def test_room_items_never_show_real_jids(server):
     """s6.4 (querying for room items): in a semi-anonymous room the items are occupant JIDs at most, never the
     occupants' real JIDs."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"whois": "moderators"})
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
+    alice, bob = room_with(server, "bob", config={"whois": "moderators"})
     answer, _ = iq(bob, "get", jid("room"), f"<query xmlns='{NS_ITEMS}'/>")
     if answer.get("type") == "result":
         assert {i.get("jid") for i in answer.iter(f"{{{NS_ITEMS}}}item")} <= {
@@ -906,13 +850,9 @@ def test_room_items_never_show_real_jids(server):
 def test_groupchat_is_reflected_to_all_with_its_id(server):
     """s7.4: a groupchat message goes to every occupant, the sender included, from the sender's occupant JID,
     with the sender's id kept."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     groupchat(bob, "room", "Harpier cries", id_="msg-17")
-    for client, full in ((alice, "alice@localhost/phone"), (bob, "bob@localhost/pda")):
+    for client, full in ((alice, "alice@localhost/phone"), (bob, "bob@localhost/b")):
         got = client.drain()
         assert len(got) == 1, show(got)
         m = got[0]
@@ -927,8 +867,7 @@ def test_groupchat_is_reflected_to_all_with_its_id(server):
 
 def test_groupchat_from_a_non_occupant_is_not_acceptable(server):
     """s7.4: a groupchat message from someone not in the room gets <not-acceptable/> and reaches no one."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     carol = online(server, "carol@localhost/web")
     groupchat(carol, "room", "let me in", id_="x1")
     error = the_error(carol.drain(), "message")
@@ -951,11 +890,7 @@ def test_groupchat_to_a_room_that_does_not_exist(server):
 def test_normal_and_headline_messages_to_the_room_are_not_broadcast(server, type_):
     """s7.4 (messages to all occupants are of type groupchat; the service may ignore or reject others): a
     normal or headline message with a body reaches no occupant as room traffic, and the room works on."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<message type='{type_}' to='{jid('room')}'><body>not groupchat</body></message>")
     answer = bob.drain()
     assert all(el.get("type") == "error" for el in answer), show(answer)
@@ -966,11 +901,7 @@ def test_normal_and_headline_messages_to_the_room_are_not_broadcast(server, type
 def test_private_message(server):
     """s7.5: a chat message to room/nick reaches that occupant from the sender's occupant JID, with a muc#user
     <x/>; the sender's real JID is not shown."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<message type='chat' to='{jid('room', 'Alice')}' id='pm1'><body>a word</body></message>")
     got = alice.drain()
     assert len(got) == 1, show(got)
@@ -988,11 +919,7 @@ def test_private_message(server):
 
 def test_private_message_errors(server):
     """s7.5: to a nick not in the room, <item-not-found/> (cancel); from a non-occupant, <not-acceptable/>."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<message type='chat' to='{jid('room', 'Nobody')}'><body>hello?</body></message>")
     assert_error(the_error(bob.drain(), "message"), "item-not-found", "cancel")
     carol = online(server, "carol@localhost/web")
@@ -1006,22 +933,18 @@ def test_subject_change_rules(server):
     """s8.1: a moderator may always change the subject (broadcast to all); a participant only if
     muc#roomconfig_changesubject allows it, else <forbidden/> (auth); new occupants get the subject last
     (s7.2.16)."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"changesubject": False})
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
-    bob.send(f"<message type='groupchat' to='{jid('room')}'><subject>Mine now</subject></message>")
+    alice, bob = room_with(server, "bob", config={"changesubject": False})
+    set_subject(bob, "room", "Mine now")
     assert_error(the_error(bob.drain(), "message"), "forbidden", "auth")
     assert alice.drain() == []
-    alice.send(f"<message type='groupchat' to='{jid('room')}'><subject>Cauldron</subject></message>")
+    set_subject(alice, "room", "Cauldron")
     for client in (alice, bob):
         got = groupchats(client.drain())
         assert [(m.get("from"), m.findtext("subject")) for m in got] == [(jid("room", "Alice"), "Cauldron")]
     answer, _ = configure(alice, "room", {"changesubject": True})
     assert answer.get("type") == "result", show(answer)
     drain_all(alice, bob)
-    bob.send(f"<message type='groupchat' to='{jid('room')}'><subject>Eye of newt</subject></message>")
+    set_subject(bob, "room", "Eye of newt")
     assert [m.findtext("subject") for m in groupchats(alice.drain())] == ["Eye of newt"]
     carol = online(server, "carol@localhost/web")
     got = enter(carol, "room", "Carol")
@@ -1034,11 +957,7 @@ def test_subject_change_rules(server):
 def test_nick_change(server):
     """s7.6: unavailable from the old nick with 303 and the new nick in <item/>, then available from the new
     nick; the changer's own copies carry 110."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<presence to='{jid('room', 'Robert')}'/>")
     for client, own in ((alice, False), (bob, True)):
         got = client.drain()
@@ -1058,11 +977,7 @@ def test_nick_change(server):
 
 def test_nick_change_to_a_taken_nick_is_a_conflict(server):
     """s7.6: changing to a nick another occupant uses gets <conflict/> (cancel); nothing changes."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<presence to='{jid('room', 'Alice')}'/>")
     assert_error(the_error(bob.drain(), "presence"), "conflict", "cancel")
     assert alice.drain() == []
@@ -1072,11 +987,7 @@ def test_nick_change_to_a_taken_nick_is_a_conflict(server):
 def test_leaving_a_room(server):
     """s7.14: unavailable presence to the room is broadcast; the leaver's copy has 110; it no longer gets room
     traffic."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     got = leave(bob, "room", "Bob")
     mine = presences(got, jid("room", "Bob"), "unavailable")
     assert len(mine) == 1 and 110 in codes(mine[0]) and item(mine[0]).get("role") == "none", show(got)
@@ -1092,11 +1003,7 @@ def test_exit_status_text_is_broadcast(server):
     """s7.14 with the presence business rules ("a client MAY send a custom exit message ... by including a
     <status/> element in the presence stanza of type unavailable"; "a MUC service SHOULD allow all other
     presence information to pass through"): the others get the exit status text."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(
         f"<presence type='unavailable' to='{jid('room', 'Bob')}'>"
         "<status>gone where the goblins go</status></presence>"
@@ -1108,8 +1015,7 @@ def test_exit_status_text_is_broadcast(server):
 def test_temporary_room_is_destroyed_when_the_last_occupant_leaves(server):
     """s7.14, s10.1.2 (temporary room): when the last occupant leaves, the room is gone; the next join creates
     a new one (201)."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"roomname": "Old"})
+    (alice,) = room_with(server, config={"roomname": "Old"})
     leave(alice, "room", "Alice")
     assert not room_exists(alice, "room")
     bob = online(server, "bob@localhost/pda")
@@ -1120,11 +1026,8 @@ def test_temporary_room_is_destroyed_when_the_last_occupant_leaves(server):
 
 def test_session_end_removes_the_occupant(server):
     """s7.14 / RFC 6121 s4.6.3: a session that ends without leaving (lost connection) leaves every room."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    alice, bob = room_with(server, "bob")
     create(alice, "other", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
     enter(bob, "other", "Robert")
     alice.drain()
     bob.disconnect()
@@ -1143,11 +1046,7 @@ def test_session_end_removes_the_occupant(server):
 
 def test_logging_out_with_unavailable_presence_leaves_rooms(server):
     """RFC 6121 s4.6.3 with s7.14: broadcast unavailable presence also leaves the rooms."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send("<presence type='unavailable'/>")
     assert presences(alice.drain(), jid("room", "Bob"), "unavailable")
 
@@ -1155,11 +1054,7 @@ def test_logging_out_with_unavailable_presence_leaves_rooms(server):
 def test_error_bounced_by_an_occupant_removes_it(server):
     """Contract, status code 333 (XEP-0045 status code registry: removed because of an error reply): an error
     stanza from an occupant's real JID in reply to room traffic removes that occupant."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     groupchat(alice, "room", "ping", id_="g9")
     bob.drain()
     bob.send(
@@ -1177,23 +1072,21 @@ def test_error_bounced_by_an_occupant_removes_it(server):
 def test_mediated_invitation(server):
     """s7.8.2: an invite sent to the room reaches the invitee from the room, with <invite from=inviter/> and
     the reason; with a password-protected room, the password too."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"passwordprotectedroom": True, "roomsecret": "cauldron"})
+    (alice,) = room_with(server, config={"passwordprotectedroom": True, "roomsecret": "cauldron"})
     carol = online(server, "carol@localhost/web")
-    alice.send(
-        f"<message to='{jid('room')}'><x xmlns='{NS_USER}'><invite to='carol@localhost'>"
-        "<reason>Hey Hecate</reason></invite></x></message>"
-    )
+    invite(alice, "room", "carol@localhost", reason="Hey Hecate")
     assert [el for el in alice.drain() if el.get("type") == "error"] == []
     got = [m for m in carol.drain() if m.tag == "message"]
     assert len(got) == 1, show(got)
     m = got[0]
     assert m.get("from") == jid("room"), show(m)
-    invite = m.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite")
-    assert invite is not None, show(m)
+    invitation = m.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite")
+    assert invitation is not None, show(m)
     # s7.8.2: 'from' is the inviter's bare JID, full JID or occupant JID.
-    assert invite.get("from") in ("alice@localhost", "alice@localhost/phone", jid("room", "Alice")), show(m)
-    assert invite.findtext(f"{{{NS_USER}}}reason") == "Hey Hecate"
+    assert invitation.get("from") in ("alice@localhost", "alice@localhost/phone", jid("room", "Alice")), show(
+        m
+    )
+    assert invitation.findtext(f"{{{NS_USER}}}reason") == "Hey Hecate"
     assert m.findtext(f"{{{NS_USER}}}x/{{{NS_USER}}}password") == "cauldron", show(m)
     enter(carol, "room", "Carol", password="cauldron")
 
@@ -1201,12 +1094,9 @@ def test_mediated_invitation(server):
 def test_declining_an_invitation(server):
     """s7.8.2: a <decline to=inviter/> sent to the room is forwarded to the inviter from the room, with
     <decline from=invitee/>."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     carol = online(server, "carol@localhost/web")
-    alice.send(
-        f"<message to='{jid('room')}'><x xmlns='{NS_USER}'><invite to='carol@localhost'/></x></message>"
-    )
+    invite(alice, "room", "carol@localhost")
     carol.drain()
     alice.drain()
     carol.send(
@@ -1226,12 +1116,9 @@ def test_declining_an_invitation(server):
 def test_invitation_from_a_non_occupant_of_an_open_room(server):
     """s7.8.2 (the inviter is an occupant): the room stays usable whatever it does with an outsider's invite,
     and never lets the outsider in."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     mallory = online(server, "mallory@localhost/evil")
-    mallory.send(
-        f"<message to='{jid('room')}'><x xmlns='{NS_USER}'><invite to='alice@localhost'/></x></message>"
-    )
+    invite(mallory, "room", "alice@localhost")
     mallory.drain()
     alice.drain()
     chat_works(alice, "room", "Alice")
@@ -1240,8 +1127,7 @@ def test_invitation_from_a_non_occupant_of_an_open_room(server):
 
 def test_direct_invitation_passes_through(server):
     """XEP-0249 s2: a direct invitation is a message from client to client; the server delivers it as is."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     carol = online(server, "carol@localhost/web")
     alice.send(
         f"<message to='carol@localhost'><x xmlns='{NS_CONFERENCE}' jid='{jid('room')}' reason='join us'/>"
@@ -1260,8 +1146,7 @@ def test_direct_invitation_passes_through(server):
 def test_iq_with_an_unknown_namespace(server, to):
     """RFC 6120 s8.4 / XEP-0045 s16 (business rules): an iq the room or service does not understand gets
     <service-unavailable/> or <feature-not-implemented/>; the room works on."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     target = jid("room") if to == "room" else SERVICE
     for payload in ("<query xmlns='urn:example:nothing'/>", f"<query xmlns='{NS_USER}'/>"):
         answer, _ = iq(alice, "get", target, payload)
@@ -1273,11 +1158,7 @@ def test_iq_with_an_unknown_namespace(server, to):
 def test_iq_to_an_occupant_is_forwarded_to_its_real_jid(server):
     """s7.5 / business rules on iqs to an occupant JID: a request to room/nick reaches the occupant from the
     requester's occupant JID; the answer comes back from the addressed occupant JID with the original id."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
+    alice, bob = room_with(server, "bob")
     bob.send(f"<iq type='get' id='v1' to='{jid('room', 'Alice')}'><query xmlns='jabber:iq:version'/></iq>")
     got = alice.drain()
     assert len(got) == 1 and got[0].tag == "iq" and got[0].get("from") == jid("room", "Bob"), show(got)
@@ -1299,13 +1180,9 @@ def test_iq_to_an_occupant_is_forwarded_to_its_real_jid(server):
 def test_vcard_request_to_an_occupant_is_answered_for_its_account(server):
     """XEP-0054 s3.3 with XEP-0045 (iqs to an occupant JID): a vCard request to room/nick is answered with the
     occupant's account vCard, from the occupant JID, with the original id."""
-    alice = online(server, "alice@localhost/phone")
+    alice, bob = room_with(server, "bob")
     answer, _ = iq(alice, "set", "alice@localhost", f"<vCard xmlns='{NS_VCARD}'><FN>Alice A.</FN></vCard>")
     assert answer.get("type") == "result", show(answer)
-    create(alice, "room", "Alice")
-    bob = online(server, "bob@localhost/pda")
-    enter(bob, "room", "Bob")
-    alice.drain()
     bob.send(f"<iq type='get' id='vc1' to='{jid('room', 'Alice')}'><vCard xmlns='{NS_VCARD}'/></iq>")
     answer = bob.drain()
     assert len(answer) == 1, show(answer)
@@ -1322,8 +1199,7 @@ def test_vcard_request_to_an_occupant_is_answered_for_its_account(server):
 def test_bad_history_attributes_do_not_break_the_room(server):
     """s7.2.15 (bad input): a <history/> with non-numeric attributes either is ignored or refused with a
     modify/cancel error; either way the room works for everyone."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     groupchat(alice, "room", "m0")
     alice.drain()
     bob = online(server, "bob@localhost/pda")
@@ -1338,8 +1214,7 @@ def test_bad_history_attributes_do_not_break_the_room(server):
 def test_presence_errors_from_outsiders_are_ignored(server):
     """s7.14 / RFC 6120 s8.3.1 (never answer an error with an error): a presence error sent to a room/nick by
     a non-occupant changes nothing."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     mallory = online(server, "mallory@localhost/evil")
     mallory.send(
         f"<presence type='error' to='{jid('room', 'Alice')}'><error type='cancel'>"
@@ -1354,8 +1229,7 @@ def test_flood_of_joins_into_a_full_room(muc_server):
     """s7.2.10: with muc#roomconfig_maxusers reached, joiners get <service-unavailable/> (wait); 200 distinct
     joiners leave exactly the limit in the room, and the room works for those inside."""
     server = muc_server(default_max_occupants=10)
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice")
+    (alice,) = room_with(server)
     admitted, refused = [], 0
     for n in range(200):
         client = online(server, f"u{n}@localhost/r")

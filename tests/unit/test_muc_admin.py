@@ -18,7 +18,6 @@ from test_muc import (
     NS_PING,
     NS_REGISTER,
     NS_USER,
-    QUIET,
     assert_error,
     chat_works,
     codes,
@@ -34,6 +33,7 @@ from test_muc import (
     groupchat,
     groupchats,
     identities,
+    invite,
     iq,
     item,
     jid,
@@ -43,27 +43,15 @@ from test_muc import (
     own_presence,
     presences,
     room_exists,
+    room_identity,
+    room_with,
+    set_subject,
     show,
     the_error,
     x_user,
 )
 
 NS_MUC_REGISTER = f"{NS_MUC}#register"
-
-
-@pytest.fixture
-def server(make_xmpp):
-    return make_xmpp(options=QUIET)
-
-
-@pytest.fixture
-def muc_server(make_xmpp):
-    """``muc_server(**muc_options)``: a memory server with [plugins.muc] options."""
-
-    def make(**muc: Any) -> Any:
-        return make_xmpp(options={**QUIET, "muc": muc})
-
-    return make
 
 
 def admin(client: Any, room: str, reason: str | None = None, **attrs: str) -> tuple[etree._Element, list]:
@@ -95,18 +83,20 @@ def listed_jids(answer: etree._Element) -> set[str]:
     return {i.get("jid") for i in listed(answer)}
 
 
-def room_with(server: Any, config: dict[str, Any] | None = None, *others: str) -> list[Any]:
-    """alice (owner, nick Alice) in room 'room' with ``config``, then the given users (bob, carol, ...)
-    entered with capitalised nicks; all inboxes read. Returns [alice, *others]."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", config)
-    clients = [alice]
-    for name in others:
-        client = online(server, f"{name}@localhost/{name[0]}")
-        enter(client, "room", name.capitalize())
-        clients.append(client)
-    drain_all(*clients)
-    return clients
+def destroy_room(
+    client: Any, room: str, alternate: str | None = None, reason: str | None = None
+) -> tuple[etree._Element, list]:
+    """A muc#owner <destroy/> request (s10.9), with an alternate venue and a reason if given; returns
+    (answer, other stanzas received)."""
+    attr = "" if alternate is None else f" jid='{alternate}'"
+    inner = "" if reason is None else f"<reason>{reason}</reason>"
+    return iq(client, "set", jid(room), f"<query xmlns='{NS_OWNER}'><destroy{attr}>{inner}</destroy></query>")
+
+
+def self_ping(client: Any, room: str, nick: str) -> etree._Element:
+    """The answer to a XEP-0410 self-ping of the occupant JID room/nick."""
+    answer, _ = iq(client, "get", jid(room, nick), f"<ping xmlns='{NS_PING}'/>")
+    return answer
 
 
 # -- moderator use cases (s8) ----------------------------------------------------------------------------
@@ -115,7 +105,7 @@ def room_with(server: Any, config: dict[str, Any] | None = None, *others: str) -
 def test_kick(server):
     """s8.2: a moderator sets role none; the kicked occupant gets unavailable with 307 and 110 (and the
     reason), the others with 307; the kicked user may come back."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     others = admin_ok(alice, "room", nick="Bob", role="none", reason="Avaunt")
     mine = presences(bob.drain(), jid("room", "Bob"), "unavailable")
     assert len(mine) == 1 and {307, 110} <= codes(mine[0]), show(mine)
@@ -131,7 +121,7 @@ def test_kick(server):
 
 def test_participant_cannot_kick(server):
     """s8.2: a non-moderator trying to kick gets <forbidden/> (auth); nothing changes."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     answer, _ = admin(bob, "room", nick="Carol", role="none")
     assert_error(answer, "forbidden", "auth")
     assert alice.drain() == [] and carol.drain() == []
@@ -141,7 +131,7 @@ def test_participant_cannot_kick(server):
 def test_moderator_cannot_kick_an_admin_or_owner(server):
     """s8.2 (and s5.2): a moderator may not kick an occupant with a higher affiliation (admin, owner):
     <not-allowed/> (cancel)."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     admin_ok(alice, "room", nick="Bob", role="moderator")  # s9.6
     admin_ok(alice, "room", jid="carol@localhost", affiliation="admin")  # s10.6
     drain_all(alice, bob, carol)
@@ -156,7 +146,7 @@ def test_voice_in_a_moderated_room(server):
     """s8.3, s8.4, s8.5, s7.4: in a moderated room newcomers without affiliation are visitors and get
     <forbidden/> (auth) when they speak; a moderator grants voice (role participant, broadcast), lists it, and
     revokes it (role visitor)."""
-    alice, bob = room_with(server, {"moderatedroom": True}, "bob")
+    alice, bob = room_with(server, "bob", config={"moderatedroom": True})
     assert admin_list(alice, "room", role="participant").get("type") == "result"
     groupchat(bob, "room", "may I?")
     assert_error(the_error(bob.drain(), "message"), "forbidden", "auth")
@@ -181,8 +171,7 @@ def test_voice_in_a_moderated_room(server):
 def test_visitor_entering_a_moderated_room_is_a_visitor(server):
     """s5.1 (default roles): a user without affiliation enters a moderated room as visitor, a member as
     participant."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"moderatedroom": True})
+    (alice,) = room_with(server, config={"moderatedroom": True})
     admin_ok(alice, "room", jid="carol@localhost", affiliation="member")
     bob = online(server, "bob@localhost/b")
     assert item(own_presence(join(bob, "room", "Bob"), "room", "Bob")).get("role") == "visitor"
@@ -193,7 +182,7 @@ def test_visitor_entering_a_moderated_room_is_a_visitor(server):
 def test_granting_and_revoking_moderator(server):
     """s9.6, s9.7, s9.8: an admin/owner grants and revokes the moderator role by nick; the moderator list
     shows the moderators."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     admin_ok(alice, "room", nick="Bob", role="moderator")
     got = presences(bob.drain(), jid("room", "Bob"))
     assert item(got[-1]).get("role") == "moderator", show(got)
@@ -209,7 +198,7 @@ def test_granting_and_revoking_moderator(server):
 def test_ban(server):
     """s9.1, s9.2, s7.2.8: banning (affiliation outcast by bare JID) removes the user with 301; the ban list
     shows it; the banned user is refused with <forbidden/> (auth); lifting the ban lets it in."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     others = admin_ok(alice, "room", jid="bob@localhost", affiliation="outcast", reason="Treason")
     mine = presences(bob.drain(), jid("room", "Bob"), "unavailable")
     assert len(mine) == 1 and {301, 110} <= codes(mine[0]), show(mine)
@@ -228,7 +217,7 @@ def test_ban(server):
 
 def test_ban_of_someone_not_in_the_room(server):
     """s9.1: a ban needs no occupant; the user is refused later."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     admin_ok(alice, "room", jid="dave@localhost", affiliation="outcast")
     dave = online(server, "dave@localhost/d")
     assert_error(the_error(join(dave, "room", "Dave"), "presence"), "forbidden", "auth")
@@ -237,7 +226,7 @@ def test_ban_of_someone_not_in_the_room(server):
 def test_non_admins_cannot_ban_or_see_the_lists(server):
     """s9.1, s9.2: a participant or a moderator without admin affiliation may not ban (<forbidden/>, auth) nor
     get the ban list."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     admin_ok(alice, "room", nick="Carol", role="moderator")
     drain_all(alice, bob, carol)
     for who in (bob, carol):
@@ -249,7 +238,7 @@ def test_non_admins_cannot_ban_or_see_the_lists(server):
 
 def test_owner_cannot_be_banned_by_an_admin(server):
     """s9.1: an admin may not ban an owner (or another admin): <not-allowed/> (cancel)."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     admin_ok(alice, "room", jid="bob@localhost", affiliation="admin")
     answer, _ = admin(bob, "room", jid="alice@localhost", affiliation="outcast")
     assert_error(answer, "not-allowed", "cancel")
@@ -259,7 +248,7 @@ def test_owner_cannot_be_banned_by_an_admin(server):
 def test_affiliation_lists(server):
     """s9.5, s10.5, s10.8: the member, admin and owner lists by affiliation; an affiliation change of an
     occupant is broadcast in its presence (s9.3)."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     others = admin_ok(alice, "room", jid="bob@localhost", affiliation="member")
     got = presences(bob.drain(), jid("room", "Bob"))
     assert len(got) == 1 and item(got[0]).get("affiliation") == "member", show(got)
@@ -282,7 +271,7 @@ def test_affiliation_lists(server):
 def test_members_only_room(server):
     """s7.2.7, s9.3, s9.4: a non-member gets <registration-required/> (auth); once made member it enters;
     revoking the membership of an occupant removes it with 321."""
-    (alice,) = room_with(server, {"membersonly": True})
+    (alice,) = room_with(server, config={"membersonly": True})
     bob = online(server, "bob@localhost/b")
     refused = the_error(join(bob, "room", "Bob"), "presence")
     assert_error(refused, "registration-required", "auth")
@@ -304,7 +293,7 @@ def test_members_only_room(server):
 def test_switching_to_members_only_removes_non_members_with_322(server):
     """s10.2 (status code 322): making a room members-only removes the occupants who are not members, with
     322; members stay; occupants get the 104 notice."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol")
     admin_ok(alice, "room", jid="carol@localhost", affiliation="member")
     drain_all(alice, bob, carol)
     answer, others = configure(alice, "room", {"membersonly": True})
@@ -321,21 +310,16 @@ def test_switching_to_members_only_removes_non_members_with_322(server):
 def test_members_only_invitations(server):
     """s7.8.2: in a members-only room only admins and owners may invite (others <forbidden/>, unless
     muc#roomconfig_allowinvites); the contract makes the invitee a member, so it can enter."""
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"membersonly": True, "allowinvites": False})
+    (alice,) = room_with(server, config={"membersonly": True, "allowinvites": False})
     admin_ok(alice, "room", jid="carol@localhost", affiliation="member")
     carol = online(server, "carol@localhost/c")
     enter(carol, "room", "Carol")
     drain_all(alice, carol)
     dave = online(server, "dave@localhost/d")
-    carol.send(
-        f"<message to='{jid('room')}'><x xmlns='{NS_USER}'><invite to='dave@localhost'/></x></message>"
-    )
+    invite(carol, "room", "dave@localhost")
     assert_error(the_error(carol.drain(), "message"), "forbidden")
     assert [m for m in dave.drain() if m.tag == "message"] == []
-    alice.send(
-        f"<message to='{jid('room')}'><x xmlns='{NS_USER}'><invite to='dave@localhost'/></x></message>"
-    )
+    invite(alice, "room", "dave@localhost")
     got = [m for m in dave.drain() if m.tag == "message"]
     assert len(got) == 1 and got[0].find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite") is not None, show(got)
     enter(dave, "room", "Dave")
@@ -344,7 +328,7 @@ def test_members_only_invitations(server):
 def test_kicking_a_multi_session_occupant_removes_every_session(server):
     """s8.2 with the contract's multi-session nicks: a kick removes the nick, so every session of it gets the
     307 unavailable."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     bob2 = online(server, "bob@localhost/laptop")
     enter(bob2, "room", "Bob")
     drain_all(alice, bob, bob2)
@@ -360,8 +344,8 @@ def test_kicking_a_multi_session_occupant_removes_every_session(server):
 def test_visitor_cannot_change_the_subject(server):
     """s8.1: even with muc#roomconfig_changesubject, a visitor (no voice) may not change the subject:
     <forbidden/>."""
-    alice, bob = room_with(server, {"moderatedroom": True, "changesubject": True}, "bob")
-    bob.send(f"<message type='groupchat' to='{jid('room')}'><subject>Mine</subject></message>")
+    alice, bob = room_with(server, "bob", config={"moderatedroom": True, "changesubject": True})
+    set_subject(bob, "room", "Mine")
     assert_error(the_error(bob.drain(), "message"), "forbidden")
     assert alice.drain() == []
 
@@ -370,7 +354,7 @@ def test_only_owners_grant_owner_and_admin(server):
     """s10.5, s10.8 (modifying the owner and admin lists): "only owners shall be allowed to modify the owner
     list" and the admin list; a non-owner (here an admin) trying to view or modify them gets <forbidden/>
     (auth)."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     admin_ok(alice, "room", jid="bob@localhost", affiliation="admin")
     for affiliation in ("owner", "admin"):
         answer, _ = admin(bob, "room", jid="carol@localhost", affiliation=affiliation)
@@ -382,7 +366,7 @@ def test_only_owners_grant_owner_and_admin(server):
 def test_new_admin_in_the_room_becomes_moderator(server):
     """s10.6 (and s5.1.2 role changes): an occupant made admin SHOULD also become moderator; its presence is
     broadcast with the new affiliation."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     admin_ok(alice, "room", jid="bob@localhost", affiliation="admin")
     got = presences(bob.drain(), jid("room", "Bob"), "available")
     assert got and item(got[-1]).get("affiliation") == "admin", show(got)
@@ -391,7 +375,7 @@ def test_new_admin_in_the_room_becomes_moderator(server):
 
 def test_modifying_the_ban_list_with_several_items(server):
     """s9.2: one muc#admin set may carry several items; all of them apply."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     answer, _ = iq(
         alice,
         "set",
@@ -410,7 +394,7 @@ def test_modifying_the_ban_list_with_several_items(server):
 def test_sole_owner_cannot_give_up_ownership(server):
     """s10.4, s10.5 (revoking owner status, modifying the owner list): the only owner may not revoke its own
     ownership: <conflict/> (cancel); with another owner it may."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     answer, _ = admin(alice, "room", jid="alice@localhost", affiliation="admin")
     assert_error(answer, "conflict", "cancel")
     assert listed_jids(admin_list(alice, "room", affiliation="owner")) == {"alice@localhost"}
@@ -422,7 +406,7 @@ def test_sole_owner_cannot_give_up_ownership(server):
 def test_owners_and_admins_from_the_configuration_form(server):
     """s10.1.3 (muc#roomconfig_roomowners, muc#roomconfig_roomadmins): the form's JID lists set owners and
     admins."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     answer, _ = configure(
         alice,
         "room",
@@ -442,7 +426,7 @@ def test_owners_and_admins_from_the_configuration_form(server):
 def test_password_protected_room(server):
     """s7.2.6: without or with a wrong password, <not-authorized/> (auth); with the right one the user
     enters."""
-    (alice,) = room_with(server, {"passwordprotectedroom": True, "roomsecret": "cauldron"})
+    (alice,) = room_with(server, config={"passwordprotectedroom": True, "roomsecret": "cauldron"})
     bob = online(server, "bob@localhost/b")
     assert_error(the_error(join(bob, "room", "Bob"), "presence"), "not-authorized", "auth")
     assert_error(the_error(join(bob, "room", "Bob", password="toad"), "presence"), "not-authorized", "auth")
@@ -455,7 +439,7 @@ def test_password_protected_room(server):
 def test_non_anonymous_room(server):
     """s7.2.4: every occupant sees every occupant's full JID in <item jid=.../>, and the joiner's own presence
     has status 100."""
-    (alice,) = room_with(server, {"whois": "anyone"})
+    (alice,) = room_with(server, config={"whois": "anyone"})
     bob = online(server, "bob@localhost/b")
     got = enter(bob, "room", "Bob")
     assert {100, 110} <= codes(own_presence(got, "room", "Bob"))
@@ -467,7 +451,7 @@ def test_non_anonymous_room(server):
 
 def test_semi_anonymous_room(server):
     """s7.2.5: only moderators see full JIDs; no status 100."""
-    (alice,) = room_with(server, {"whois": "moderators"})
+    (alice,) = room_with(server, config={"whois": "moderators"})
     bob = online(server, "bob@localhost/b")
     got = enter(bob, "room", "Bob")
     assert 100 not in codes(own_presence(got, "room", "Bob"))
@@ -485,10 +469,7 @@ def test_max_occupants(muc_server):
     """s7.2.10: a full room refuses joiners with <service-unavailable/> (wait), but admits owners and admins;
     a place freed is taken again."""
     server = muc_server(default_max_occupants=2)
-    alice = online(server, "alice@localhost/phone")
-    create(alice, "room", "Alice", {"persistentroom": True})
-    bob = online(server, "bob@localhost/b")
-    enter(bob, "room", "Bob")
+    alice, bob = room_with(server, "bob", config={"persistentroom": True})
     carol = online(server, "carol@localhost/c")
     assert_error(the_error(join(carol, "room", "Carol"), "presence"), "service-unavailable", "wait")
     leave(alice, "room", "Alice")
@@ -503,12 +484,10 @@ def test_maxusers_above_the_service_limit_is_not_acceptable(muc_server):
     """s10.1.3 / s10.2 (a configuration violating service policy gets <not-acceptable/>): maxusers above
     max_occupants is refused and the room keeps its configuration."""
     server = muc_server(max_occupants=50, default_max_occupants=20)
-    (alice,) = room_with(server, {"roomname": "Kept"})
+    (alice,) = room_with(server, config={"roomname": "Kept"})
     answer, _ = configure(alice, "room", {"maxusers": 1000, "roomname": "Changed"})
     assert_error(answer, "not-acceptable")
-    assert {"category": "conference", "type": "text", "name": "Kept"} in identities(
-        disco_info(alice, jid("room"))
-    )
+    assert room_identity("Kept") in identities(disco_info(alice, jid("room")))
     chat_works(alice, "room", "Alice")
 
 
@@ -518,7 +497,7 @@ def test_maxusers_above_the_service_limit_is_not_acceptable(muc_server):
 def test_configuration_change_notice_104(server):
     """s10.2.1: after a configuration change the occupants get a groupchat message from the room with status
     104; a change to non-anonymous adds 172 (s10.2.1, status code registry)."""
-    alice, bob = room_with(server, {"whois": "moderators"}, "bob")
+    alice, bob = room_with(server, "bob", config={"whois": "moderators"})
     answer, others = configure(alice, "room", {"roomname": "Renamed"})
     assert answer.get("type") == "result", show(answer)
     notices = [m for m in bob.drain() if m.tag == "message" and m.get("from") == jid("room")]
@@ -534,22 +513,20 @@ def test_configuration_change_notice_104(server):
 def test_only_owners_configure(server):
     """s10.2: a non-owner (even an admin) asking for or submitting the configuration gets <forbidden/>
     (auth)."""
-    alice, bob, carol = room_with(server, {"roomname": "Mine"}, "bob", "carol")
+    alice, bob, carol = room_with(server, "bob", "carol", config={"roomname": "Mine"})
     admin_ok(alice, "room", jid="carol@localhost", affiliation="admin")
     for who in (bob, carol):
         answer, _ = iq(who, "get", jid("room"), f"<query xmlns='{NS_OWNER}'/>")
         assert_error(answer, "forbidden", "auth")
         answer, _ = configure(who, "room", {"roomname": "Theirs"})
         assert_error(answer, "forbidden", "auth")
-    assert {"category": "conference", "type": "text", "name": "Mine"} in identities(
-        disco_info(bob, jid("room"))
-    )
+    assert room_identity("Mine") in identities(disco_info(bob, jid("room")))
 
 
 def test_cancelling_a_later_configuration_changes_nothing(server):
     """s10.2: cancelling a subsequent configuration leaves the room as it was (only cancelling the initial
     configuration destroys the room, s10.1.3)."""
-    alice, bob = room_with(server, {"roomname": "Stay"}, "bob")
+    alice, bob = room_with(server, "bob", config={"roomname": "Stay"})
     answer, _ = iq(alice, "get", jid("room"), f"<query xmlns='{NS_OWNER}'/>")
     assert answer.get("type") == "result", show(answer)
     answer, others = iq(
@@ -557,9 +534,7 @@ def test_cancelling_a_later_configuration_changes_nothing(server):
     )
     assert answer.get("type") == "result", show(answer)
     assert not presences(others, type_="unavailable") and not presences(bob.drain(), type_="unavailable")
-    assert {"category": "conference", "type": "text", "name": "Stay"} in identities(
-        disco_info(bob, jid("room"))
-    )
+    assert room_identity("Stay") in identities(disco_info(bob, jid("room")))
     chat_works(alice, "room", "Alice", bob)
 
 
@@ -579,15 +554,8 @@ def test_destroying_a_room(server):
     """s10.9: the owner destroys the room; each occupant gets one unavailable presence, its own (the service
     SHOULD NOT broadcast every occupant's), with role none and <destroy jid=alternate> plus the reason in
     muc#user; the room is gone."""
-    alice, bob, carol = room_with(server, None, "bob", "carol")
-    answer, others = iq(
-        alice,
-        "set",
-        jid("room"),
-        f"<query xmlns='{NS_OWNER}'><destroy jid='{jid('heath')}'><reason>Macbeth doth come</reason>"
-        "</destroy>"
-        "</query>",
-    )
+    alice, bob, carol = room_with(server, "bob", "carol")
+    answer, others = destroy_room(alice, "room", alternate=jid("heath"), reason="Macbeth doth come")
     assert answer.get("type") == "result", show(answer)
     for seen, nick in ((bob.drain(), "Bob"), (carol.drain(), "Carol"), (others, "Alice")):
         gone = presences(seen, type_="unavailable")
@@ -604,8 +572,8 @@ def test_destroying_a_room(server):
 def test_destroyed_room_notice_reaches_every_occupant(server):
     """s10.9: whatever else is sent, every occupant learns of the destruction (unavailable from its own
     occupant JID with <destroy/>) and the room is gone."""
-    alice, bob = room_with(server, None, "bob")
-    answer, others = iq(alice, "set", jid("room"), f"<query xmlns='{NS_OWNER}'><destroy/></query>")
+    alice, bob = room_with(server, "bob")
+    answer, others = destroy_room(alice, "room")
     assert answer.get("type") == "result", show(answer)
     for seen, nick in ((bob.drain(), "Bob"), (others, "Alice")):
         own = presences(seen, jid("room", nick), "unavailable")
@@ -615,9 +583,9 @@ def test_destroyed_room_notice_reaches_every_occupant(server):
 
 def test_only_owners_destroy(server):
     """s10.9: a non-owner asking to destroy the room gets <forbidden/> (auth); the room stays."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     admin_ok(alice, "room", jid="bob@localhost", affiliation="admin")
-    answer, _ = iq(bob, "set", jid("room"), f"<query xmlns='{NS_OWNER}'><destroy/></query>")
+    answer, _ = destroy_room(bob, "room")
     assert_error(answer, "forbidden", "auth")
     assert room_exists(bob, "room")
     chat_works(alice, "room", "Alice", bob)
@@ -628,7 +596,7 @@ def test_owner_outside_the_room_can_destroy_it(server):
     alice = online(server, "alice@localhost/phone")
     create(alice, "keep", "Alice", {"persistentroom": True})
     leave(alice, "keep", "Alice")
-    answer, _ = iq(alice, "set", jid("keep"), f"<query xmlns='{NS_OWNER}'><destroy/></query>")
+    answer, _ = destroy_room(alice, "keep")
     assert answer.get("type") == "result", show(answer)
     assert not room_exists(alice, "keep")
 
@@ -636,12 +604,12 @@ def test_owner_outside_the_room_can_destroy_it(server):
 def test_self_ping_from_another_resource_of_a_joined_account(server):
     """XEP-0410 s3.2: self-ping tells whether the pinging client (full JID) is joined: a second resource of a
     joined account that never joined gets <not-acceptable/>; a joined multi-session resource gets a result."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     tablet = online(server, "bob@localhost/tablet")
-    answer, _ = iq(tablet, "get", jid("room", "Bob"), f"<ping xmlns='{NS_PING}'/>")
+    answer = self_ping(tablet, "room", "Bob")
     assert_error(answer, "not-acceptable")
     enter(tablet, "room", "Bob")
-    answer, _ = iq(tablet, "get", jid("room", "Bob"), f"<ping xmlns='{NS_PING}'/>")
+    answer = self_ping(tablet, "room", "Bob")
     assert answer.get("type") == "result", show(answer)
 
 
@@ -662,7 +630,7 @@ def register(client: Any, room: str, nick: str) -> etree._Element:
 def test_registration_reserves_a_nick(server):
     """s7.10: the registration form has muc#register_roomnick; submitting it makes the user a member with that
     nick; s7.12: disco#info node x-roomuser-item returns it; s7.2.9: another user cannot take it."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/b")
     answer = register_form(bob, "room")
     assert answer.get("type") == "result", show(answer)
@@ -689,7 +657,7 @@ def test_registration_reserves_a_nick(server):
 
 def test_registering_a_nick_reserved_by_someone_else_is_a_conflict(server):
     """s7.10: a nick already reserved in the room gets <conflict/> (cancel)."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/b")
     assert register(bob, "room", "Bobby").get("type") == "result"
     carol = online(server, "carol@localhost/c")
@@ -699,7 +667,7 @@ def test_registering_a_nick_reserved_by_someone_else_is_a_conflict(server):
 def test_reserved_nick_of_an_unregistered_user(server):
     """s7.12: with no reserved nick the x-roomuser-item answer has no identity (or is an item-not-found
     error)."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     carol = online(server, "carol@localhost/c")
     info = disco_info(carol, jid("room"), node="x-roomuser-item")
     if info.get("type") == "error":
@@ -722,7 +690,7 @@ def test_malformed_registration_form(server, payload):
     """s7.10 with XEP-0004/XEP-0068 (bad input): a submission without a nick, without a form, or whose
     FORM_TYPE is not muc#register gets <bad-request/> or <not-acceptable/>; the user does not become a
     member."""
-    (alice,) = room_with(server, None)
+    (alice,) = room_with(server)
     bob = online(server, "bob@localhost/b")
     answer, _ = iq(bob, "set", jid("room"), f"<query xmlns='{NS_REGISTER}'>{payload}</query>")
     assert answer.get("type") == "error", show(answer)
@@ -737,28 +705,25 @@ def test_malformed_registration_form(server, payload):
 def test_self_ping(server):
     """XEP-0410 s3.2: a ping from an occupant's real JID to its own occupant JID gets a result while joined,
     and <not-acceptable/> when not joined (s3.2 fixes the condition, not the error type)."""
-    alice, bob = room_with(server, None, "bob")
-    answer, _ = iq(bob, "get", jid("room", "Bob"), f"<ping xmlns='{NS_PING}'/>")
+    alice, bob = room_with(server, "bob")
+    answer = self_ping(bob, "room", "Bob")
     assert answer.get("type") == "result" and answer.get("from") == jid("room", "Bob"), show(answer)
     assert alice.drain() == []
     carol = online(server, "carol@localhost/c")
-    answer, _ = iq(carol, "get", jid("room", "Carol"), f"<ping xmlns='{NS_PING}'/>")
+    answer = self_ping(carol, "room", "Carol")
     assert_error(answer, "not-acceptable")
     leave(bob, "room", "Bob")
-    answer, _ = iq(bob, "get", jid("room", "Bob"), f"<ping xmlns='{NS_PING}'/>")
+    answer = self_ping(bob, "room", "Bob")
     assert_error(answer, "not-acceptable")
 
 
 # -- service policy: creation and limits (s10.1.1 "subject to local policies") ---------------------------
 
 
-def test_room_creation_by_admins_only(make_xmpp):
+def test_room_creation_by_admins_only(muc_server):
     """s10.1.1 (creation subject to service policy), contract room_creation="admins": others get
     <not-allowed/> (cancel) from room/nick; a server admin creates; then anyone may enter."""
-    server = make_xmpp(
-        options={**QUIET, "muc": {"room_creation": "admins"}},
-        config={"server": {"admins": ["root@localhost"]}},
-    )
+    server = muc_server(config={"server": {"admins": ["root@localhost"]}}, room_creation="admins")
     alice = online(server, "alice@localhost/phone")
     refused = the_error(join(alice, "room", "Alice"), "presence")
     assert_error(refused, "not-allowed", "cancel")
@@ -780,7 +745,7 @@ def test_max_rooms_per_user(muc_server):
     assert not room_exists(alice, "r3")
     bob = online(server, "bob@localhost/b")
     create(bob, "b1", "Bob")
-    answer, _ = iq(alice, "set", jid("r1"), f"<query xmlns='{NS_OWNER}'><destroy/></query>")
+    answer, _ = destroy_room(alice, "r1")
     assert answer.get("type") == "result", show(answer)
     alice.drain()
     create(alice, "r3", "Alice")
@@ -809,7 +774,7 @@ def test_persistent_room_outlives_its_occupants_and_a_plugin_reload(server):
     create(alice, "keep", "Alice", {"persistentroom": True, "roomname": "Keep"})
     admin_ok(alice, "keep", jid="bob@localhost", affiliation="member")
     admin_ok(alice, "keep", jid="dave@localhost", affiliation="outcast")
-    alice.send(f"<message type='groupchat' to='{jid('keep')}'><subject>Kept subject</subject></message>")
+    set_subject(alice, "keep", "Kept subject")
     leave(alice, "keep", "Alice")
     assert room_exists(alice, "keep")
     bob = online(server, "bob@localhost/b")
@@ -820,7 +785,7 @@ def test_persistent_room_outlives_its_occupants_and_a_plugin_reload(server):
     info = disco_info(alice, jid("keep"))
     assert info.get("type") == "result", show(info)
     assert "muc_persistent" in features(info)
-    assert {"category": "conference", "type": "text", "name": "Keep"} in identities(info)
+    assert room_identity("Keep") in identities(info)
     got = enter(bob, "keep", "Bob")
     assert item(own_presence(got, "keep", "Bob")).get("affiliation") == "member"
     assert got[-1].findtext("subject") == "Kept subject", show(got)
@@ -834,7 +799,7 @@ def test_persistent_room_outlives_its_occupants_and_a_plugin_reload(server):
 def test_temporary_room_does_not_survive_a_reload(server):
     """Contract (only persistent rooms are stored): a temporary room's occupants get 332 and the room is
     gone."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     server.server.plugins.reload("muc")
     for client, nick in ((alice, "Alice"), (bob, "Bob")):
         gone = presences(client.drain(), jid("room", nick), "unavailable")
@@ -859,7 +824,7 @@ def test_temporary_room_does_not_survive_a_reload(server):
 def test_malformed_admin_items_are_bad_requests(server, attrs):
     """s8, s9 (item syntax; s16 business rules: only one of role and affiliation per item): an item with an
     unknown role or affiliation, both, or no target gets <bad-request/> (modify); the room is unchanged."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     answer, _ = admin(alice, "room", **attrs)
     assert_error(answer, "bad-request", "modify")
     assert bob.drain() == []
@@ -868,7 +833,7 @@ def test_malformed_admin_items_are_bad_requests(server, attrs):
 
 def test_admin_query_without_items(server):
     """s9 (bad input): a muc#admin set or get with no item is an error (<bad-request/>); the room works on."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     for type_ in ("set", "get"):
         answer, _ = iq(alice, type_, jid("room"), f"<query xmlns='{NS_ADMIN}'/>")
         assert_error(answer, "bad-request")
@@ -898,19 +863,19 @@ def test_admin_query_without_items(server):
 def test_malformed_configuration_forms(server, payload):
     """s10.2 / XEP-0004 (bad input): an unusable configuration submission gets <bad-request/> or
     <not-acceptable/>; the configuration is unchanged and the room works on."""
-    alice, bob = room_with(server, {"roomname": "Original"}, "bob")
+    alice, bob = room_with(server, "bob", config={"roomname": "Original"})
     answer, _ = iq(alice, "set", jid("room"), f"<query xmlns='{NS_OWNER}'>{payload}</query>")
     assert answer.get("type") == "error", show(answer)
     assert error_condition(answer) in ("bad-request", "not-acceptable"), show(answer)
     info = disco_info(bob, jid("room"))
-    assert {"category": "conference", "type": "text", "name": "Original"} in identities(info), show(info)
+    assert room_identity("Original") in identities(info), show(info)
     assert not [m for m in bob.drain() if 104 in codes(m)]
     chat_works(bob, "room", "Bob", alice)
 
 
 def test_unknown_muc_owner_payload_is_an_error(server):
     """s10 (bad input): a muc#owner query with an unknown child is refused; the room stays."""
-    alice, bob = room_with(server, None, "bob")
+    alice, bob = room_with(server, "bob")
     answer, _ = iq(alice, "set", jid("room"), f"<query xmlns='{NS_OWNER}'><explode/></query>")
     assert answer.get("type") == "error", show(answer)
     assert room_exists(alice, "room")

@@ -12,6 +12,8 @@
  *   xmppTest.errors      error texts (script errors, protocol errors, error stanzas)
  *   xmppTest.traffic     raw XML in and out: "IN <...>" / "OUT <...>"
  *   xmppTest.send(to, body)   send a chat message; returns its id
+ *   xmppTest.join(room, nick) enter a MUC room (XEP-0045 s7.2) as room/nick
+ *   xmppTest.groupchat(room, body)  send a message to a room; returns its id
  *   xmppTest.disconnect()     close the session
  */
 (function () {
@@ -125,6 +127,17 @@
     }
 
     state.send = send;
+    state.join = function (room, nick) {
+        connection.send($pres({ to: room + '/' + nick }).c('x', { xmlns: 'http://jabber.org/protocol/muc' }));
+        log('entering ' + room + ' as ' + nick);
+    };
+    state.groupchat = function (room, text) {
+        const id = connection.getUniqueId('muc');
+        connection.send($msg({ to: room, type: 'groupchat', id: id }).c('body').t(text));
+        state.sent.push(id);
+        log('sent to ' + room + ': ' + text);
+        return id;
+    };
     state.disconnect = function () {
         connection.disconnect('test done');
     };
