@@ -20,6 +20,7 @@ NS_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"
 NS_ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
 
 ROLES = ("moderator", "participant", "visitor")
+ROLE_CHOICES = tuple((r.capitalize(), r) for r in ROLES)
 WHOIS = (("Moderators only", "moderators"), ("Anyone", "anyone"))
 ALLOW_PM = (
     ("Anyone", "anyone"),
@@ -38,6 +39,11 @@ class Option:
     choices: tuple[tuple[str, str], ...] = ()
 
 
+def roles_option(key: str, var: str, label: str) -> Option:
+    """A list-multi field whose values are roles."""
+    return Option(key, var, "list-multi", label, ROLE_CHOICES)
+
+
 FIELDS: tuple[Option, ...] = (
     Option("name", "muc#roomconfig_roomname", "text-single", "Name"),
     Option("description", "muc#roomconfig_roomdesc", "text-single", "Description"),
@@ -47,20 +53,10 @@ FIELDS: tuple[Option, ...] = (
     Option("allowinvites", "muc#roomconfig_allowinvites", "boolean", "Occupants may invite others"),
     Option("allowpm", "muc#roomconfig_allowpm", "list-single", "Who may send private messages", ALLOW_PM),
     Option("maxusers", "muc#roomconfig_maxusers", "text-single", "Maximum number of occupants"),
-    Option(
-        "presencebroadcast",
-        "muc#roomconfig_presencebroadcast",
-        "list-multi",
-        "Roles whose presence is broadcast",
-        tuple((r.capitalize(), r) for r in ROLES),
+    roles_option(
+        "presencebroadcast", "muc#roomconfig_presencebroadcast", "Roles whose presence is broadcast"
     ),
-    Option(
-        "getmemberlist",
-        "muc#roomconfig_getmemberlist",
-        "list-multi",
-        "Roles that may see the member list",
-        tuple((r.capitalize(), r) for r in ROLES),
-    ),
+    roles_option("getmemberlist", "muc#roomconfig_getmemberlist", "Roles that may see the member list"),
     Option("public", "muc#roomconfig_publicroom", "boolean", "List the room in the directory"),
     Option("persistent", "muc#roomconfig_persistentroom", "boolean", "Keep the room when it is empty"),
     Option("moderated", "muc#roomconfig_moderatedroom", "boolean", "Only participants may speak"),

@@ -159,24 +159,32 @@ class Clients:
     async def login(self, jid: str, password: str, timeout: float = TIMEOUT, **kwargs: Any) -> Client:
         """A client with a started session (TLS, SASL, bound resource, initial presence sent)."""
         client = self.client(jid, password, **kwargs)
-        client.connect("127.0.0.1", self.proc.port())
-        started = asyncio.ensure_future(client.started.wait())
-        failed = asyncio.ensure_future(client.auth_failed.wait())
-        ended = asyncio.ensure_future(client.ended.wait())
-        done, pending = await asyncio.wait(
-            {started, failed, ended}, timeout=timeout, return_when="FIRST_COMPLETED"
-        )
-        for task in pending:
-            task.cancel()
-        if started not in done:
-            await client.stop()
-            why = "authentication failed" if failed in done else "no session started"
-            raise AssertionError(f"{jid} could not log in: {why}, stream errors {client.stream_errors}")
+        await start_session(client, self.proc.port(), timeout)
         return client
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
         self.clients.clear()
+
+
+async def start_session(client: Client, port: int, timeout: float = TIMEOUT) -> None:
+    """Connect ``client`` to 127.0.0.1:``port`` and wait for its session to start; AssertionError (with
+    the reason: authentication failed, disconnected, or no session in time) after stopping it if not."""
+    client.connect("127.0.0.1", port)
+    waits = {
+        "started": asyncio.ensure_future(client.started.wait()),
+        "authentication failed": asyncio.ensure_future(client.auth_failed.wait()),
+        "disconnected": asyncio.ensure_future(client.ended.wait()),
+    }
+    done, pending = await asyncio.wait(waits.values(), timeout=timeout, return_when="FIRST_COMPLETED")
+    for task in pending:
+        task.cancel()
+    if waits["started"] not in done:
+        await client.stop()
+        why = next((what for what, task in waits.items() if task in done), "no session in time")
+        raise AssertionError(
+            f"{client.boundjid} could not log in: {why}, stream errors {client.stream_errors}"
+        )
 
 
 def run_as_alice(

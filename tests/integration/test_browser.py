@@ -34,19 +34,22 @@ def service_url(proc, transport: str) -> str:
     return f"{scheme}://127.0.0.1:{proc.port('http')}{path}"
 
 
+def start_server(xmpp_process, pages):
+    """xmppd with an HTTP listener whose CORS origins admit the test page's server."""
+    proc = xmpp_process(
+        config={"listen": {"http": ["tcp:0:interface=127.0.0.1"]}, "http": {"cors_origins": [pages.origin]}},
+        users=USERS,
+    )
+    assert proc.listeners.get("http"), f"no http listener in listeners.json: {proc.listeners}"
+    return proc
+
+
 @pytest.mark.parametrize("transport", ["bosh", "websocket"])
 def test_browser_chat(xmpp_process, transport: str) -> None:
     """alice logs in from the browser, sends presence and a message to bob (on c2s); bob answers and the
     page shows the answer; then the page disconnects cleanly."""
     with driver.PageServer() as pages:
-        proc = xmpp_process(
-            config={
-                "listen": {"http": ["tcp:0:interface=127.0.0.1"]},
-                "http": {"cors_origins": [pages.origin]},
-            },
-            users=USERS,
-        )
-        assert proc.listeners.get("http"), f"no http listener in listeners.json: {proc.listeners}"
+        proc = start_server(xmpp_process, pages)
         service = service_url(proc, transport)
         with driver.Browser() as browser:
             try:
@@ -107,13 +110,7 @@ def test_browser_group_chat(xmpp_process, transport: str) -> None:
     WebSocket): she sees bob in the room and his message, and her message reaches bob from her nick."""
     room = "lobby@conference.localhost"
     with driver.PageServer() as pages:
-        proc = xmpp_process(
-            config={
-                "listen": {"http": ["tcp:0:interface=127.0.0.1"]},
-                "http": {"cors_origins": [pages.origin]},
-            },
-            users=USERS,
-        )
+        proc = start_server(xmpp_process, pages)
         page = pages.url(
             service=service_url(proc, transport), jid="alice@localhost/browser", password="alice-pw"
         )

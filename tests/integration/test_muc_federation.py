@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from federation import FedClient, free_port, make_server, route, server_config, start_all
-from slixclient import TIMEOUT, run, until, within
+from slixclient import TIMEOUT, run, start_session, until, within
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -82,18 +82,7 @@ class Pool:
         self.clients.append(client)
         client.auto_authorize = None
         client.auto_subscribe = False
-        client.connect("127.0.0.1", port)
-        waits = {
-            "started": asyncio.ensure_future(client.started.wait()),
-            "authentication failed": asyncio.ensure_future(client.auth_failed.wait()),
-            "disconnected": asyncio.ensure_future(client.ended.wait()),
-        }
-        done, pending = await asyncio.wait(waits.values(), timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-        for task in pending:
-            task.cancel()
-        if waits["started"] not in done:
-            why = next((what for what, task in waits.items() if task in done), "no session in time")
-            raise AssertionError(f"{jid} could not log in: {why}, stream errors {client.stream_errors}")
+        await start_session(client, port)
         return client
 
 

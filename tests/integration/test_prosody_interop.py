@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 from federation import start_all
-from slixclient import TIMEOUT, Client, run, until, within
+from slixclient import TIMEOUT, Client, run, start_session, until, within
 
 from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess
@@ -173,18 +173,7 @@ class Pool:
         client.auto_subscribe = subscribe
         client.presences = []
         client.add_event_handler("presence", client.presences.append)
-        client.connect("127.0.0.1", port)
-        waits = {
-            "started": asyncio.ensure_future(client.started.wait()),
-            "authentication failed": asyncio.ensure_future(client.auth_failed.wait()),
-            "disconnected": asyncio.ensure_future(client.ended.wait()),
-        }
-        done, pending = await asyncio.wait(waits.values(), timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-        for task in pending:
-            task.cancel()
-        if waits["started"] not in done:
-            why = next((what for what, task in waits.items() if task in done), "no session in time")
-            raise AssertionError(f"{jid} could not log in: {why}, stream errors {client.stream_errors}")
+        await start_session(client, port)
         if roster:
             await client.get_roster(timeout=TIMEOUT)
         return client
