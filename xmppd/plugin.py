@@ -146,6 +146,8 @@ class Context:
         self.clock = self.server.clock
         self.sessions = self.server.sessions
         self._cleanups: list[Callable[[], None]] = []
+        self._calls: set[Any] = set()  # pending call_later timers
+        self._cleanups.append(self._cancel_calls)
 
     # options
     def option(self, key: str) -> Any:
@@ -304,15 +306,18 @@ class Context:
 
     # timers
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any:
-        """A one-shot timer, cancelled if the plugin unloads first."""
+        """A one-shot timer (an IDelayedCall, which may be ``cancel()``-ed), cancelled if the plugin
+        unloads first. Only pending timers are remembered, so a plugin may set timers forever."""
+        self._calls = {c for c in self._calls if c.active()}
         call = self.clock.callLater(delay, fn, *args)
+        self._calls.add(call)
+        return call
 
-        def cancel() -> None:
+    def _cancel_calls(self) -> None:
+        for call in self._calls:
             if call.active():
                 call.cancel()
-
-        self._cleanups.append(cancel)
-        return call
+        self._calls = set()
 
     def every(self, interval: float, fn: Callable[[], Any]) -> LoopingCall:
         """A repeating timer, stopped when the plugin unloads."""

@@ -54,6 +54,9 @@ class MUC(Plugin):
         "max_history": Option(int, 50, "the most messages of history a room may keep", min=0, max=1000),
         "default_history": Option(int, 20, "messages of history a new room keeps", min=0),
         "lock_new_rooms": Option(bool, True, "new rooms stay locked until the owner configures them"),
+        "lock_timeout": Option(
+            float, 300.0, "seconds a new room may stay locked before it is destroyed (0: no limit)", min=0
+        ),
         "public_rooms": Option(bool, True, "new rooms are listed in disco#items"),
         "persistent_rooms": Option(bool, False, "new rooms are persistent"),
         "moderated_rooms": Option(bool, False, "new rooms are moderated"),

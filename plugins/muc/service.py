@@ -130,7 +130,18 @@ class Service:
         )
         self.rooms[name] = room
         self.ctx.log.info("{room} created by {creator}", room=room.jid, creator=creator.bare)
+        timeout = self.ctx.option("lock_timeout")
+        if locked and timeout:
+            self.ctx.call_later(timeout, self._lock_expired, room)
         return room
+
+    def _lock_expired(self, room: Room) -> None:
+        """A new room its owner never configured goes (as Prosody's muc_room_lock_timeout does), so
+        abandoned locked rooms do not hold their names and count against the limits."""
+        if room.locked and self.rooms.get(room.name) is room:
+            destroy = etree.Element(f"{{{NS_OWNER}}}destroy")
+            add_child(destroy, NS_OWNER, "reason", "the room was not configured in time")
+            admin.destroy_room(room, destroy)
 
     def save(self, room: Room) -> None:
         """Store a persistent room's state (after any change to it)."""

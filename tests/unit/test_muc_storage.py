@@ -59,3 +59,19 @@ def test_one_user_has_a_bounded_number_of_sessions_under_one_nickname(make_xmpp)
     assert any(
         isinstance(el, etree._Element) and el.findtext("body") == "still here" for el in clients[1].drain()
     )
+
+
+def test_a_room_its_owner_never_configures_is_destroyed_after_the_lock_timeout(make_xmpp):
+    """A locked new room (XEP-0045 s10.1.1) left unconfigured goes after lock_timeout, freeing its name."""
+    server = make_xmpp(options={**QUIET, "muc": {"lock_timeout": 60.0}})
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send(f"<presence to='slow@{SERVICE}/Alice'><x xmlns='{NS_MUC}'/></presence>")
+    alice.drain()
+    server.advance(59)
+    assert alice.drain() == []
+    server.advance(2)
+    (gone,) = [el for el in alice.drain() if el.tag == "presence"]
+    destroy = gone.find("{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}destroy")
+    assert gone.get("type") == "unavailable" and destroy is not None
+    assert "not configured" in destroy.findtext("{http://jabber.org/protocol/muc#user}reason")
+    assert error_condition(info(alice, "slow")) == "item-not-found"

@@ -980,6 +980,22 @@ def test_timers_restart_on_reload(make_xmpp):
     assert bodies(watcher) == ["tick 1"]
 
 
+def test_one_shot_timers_are_forgotten_once_fired_or_cancelled(make_xmpp):
+    """A plugin that sets timers all its life (a MUC room lock per new room) holds only the pending ones."""
+    server = make_xmpp(enabled=["timers"], plugins=[Timers])
+    ctx = server.server.plugins.instance("localhost", "timers").ctx
+    fired = []
+    for n in range(1000):
+        call = ctx.call_later(1, fired.append, n)
+        if n % 2:
+            call.cancel()
+        server.advance(2)
+    pending = ctx.call_later(50, fired.append, "late")
+    assert len(fired) == 500 and len(ctx._calls) <= 2
+    server.server.plugins.unload("timers", "localhost")
+    assert not pending.active()
+
+
 # -- storage ---------------------------------------------------------------------------------------------
 
 
