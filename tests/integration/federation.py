@@ -2,6 +2,11 @@
 slixmpp clients that trust a given certificate, fake s2s peers that misbehave on purpose, and a raw s2s
 connection for stream-level tests.
 
+``server_pair`` (two xmppd servers) and ``xmppd_and_prosody`` (xmppd and Prosody 0.12) start two servers
+federating in a given mode (dialback, or certificates from one TestCA) with their users; ``Pool`` logs
+clients in to either (``login`` of what those yield picks the server by the JID's domain), and
+``logs_shown`` prints what the servers logged during a test, for its failure report.
+
 Each server listens for s2s on a port chosen before it starts (the peers' routes must name it), and for
 c2s on a port the OS picks. ``FakePeer`` is a loopback TCP server run in a thread: it accepts connections
 and then closes them at once (``"close"``), answers with bytes that are not XML (``"garbage"``) or never
@@ -15,16 +20,20 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lxml import etree
-from slixclient import TIMEOUT, Client, Clients
+from slixclient import TIMEOUT, Client, ClientGroup, Clients, start_session
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess
+from xmppd.testing.prosody import ProsodyServer
 
 NS_CLIENT = "jabber:client"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -140,6 +149,224 @@ def error_condition(stanza: Any) -> str | None:
     if stanza["type"] != "error":
         return None
     return stanza["error"]["condition"]
+
+
+C = TypeVar("C", bound=FedClient)
+
+
+class Pool(ClientGroup, Generic[C]):
+    """Logs clients (``client_class``: FedClient or a subclass) in to any server on loopback, given its c2s
+    port and the certificate (or CA) to trust; every one is disconnected when the ``async with`` ends."""
+
+    def __init__(self, client_class: type[C]) -> None:
+        super().__init__()
+        self.client_class = client_class
+
+    async def login(
+        self,
+        jid: str,
+        password: str,
+        port: int,
+        trusted: Path,
+        *,
+        authorize: bool | None = None,
+        subscribe: bool = False,
+        roster: bool = True,
+    ) -> C:
+        """A client with a started session (STARTTLS trusting ``trusted``, initial presence sent), its
+        roster's automatic answers set (slixmpp's roster approves and asks back by default), and its roster
+        requested unless ``roster`` is False."""
+        client = self.client_class(jid, password, trusted)
+        self.clients.append(client)
+        client.auto_authorize = authorize
+        client.auto_subscribe = subscribe
+        await start_session(client, port)
+        if roster:
+            await client.get_roster(timeout=TIMEOUT)
+        return client
+
+
+# -- two servers federating on loopback --------------------------------------------------------------------
+
+
+class Federated:
+    """Running servers and their users: ``login`` logs a user in to the server of their domain."""
+
+    passwords: dict[str, str]  # bare JID -> password, users of any of the servers
+
+    def c2s(self, domain: str) -> tuple[int, Path]:
+        """The c2s port of the server of ``domain`` and what its clients trust."""
+        raise NotImplementedError
+
+    async def login(self, pool: Pool[C], jid: str, **kwargs: Any) -> C:
+        """Log ``jid`` (a full JID) in through ``pool`` (keywords: see Pool.login)."""
+        bare = jid.split("/")[0]
+        port, trusted = self.c2s(bare.partition("@")[2])
+        return await pool.login(jid, self.passwords[bare], port, trusted, **kwargs)
+
+
+def trust_for(server: ServerProcess, ca: TestCA | None) -> Path:
+    """What a client of ``server`` trusts: the test CA if its certificate comes from one, else the
+    self-signed certificate the server makes."""
+    return ca.ca_path if ca is not None else server.data_dir / "selfsigned.crt"
+
+
+@dataclass
+class ServerPair(Federated):
+    """Two xmppd servers federating on loopback, running, with their users (see ``server_pair``)."""
+
+    mode: str  # "dialback" or "external"
+    a: ServerProcess
+    b: ServerProcess
+    domain_b: str
+    trust_a: Path
+    trust_b: Path
+    passwords: dict[str, str]
+
+    def c2s(self, domain: str) -> tuple[int, Path]:
+        if domain == self.domain_b:
+            return self.b.port(), self.trust_b
+        return self.a.port(), self.trust_a
+
+
+@contextmanager
+def server_pair(
+    base: Path,
+    mode: str,
+    domain_a: str,
+    domain_b: str,
+    passwords: dict[str, str],
+    *,
+    services_a: tuple[str, ...] = (),
+    connect_timeout: float = 5,
+) -> Iterator[ServerPair]:
+    """Two xmppd servers (in ``base``/a and ``base``/b) serving ``domain_a`` and ``domain_b``, each routing
+    the other's domain to its s2s listener, started, with the users of ``passwords`` (bare JID -> password)
+    added to the server of their domain; both are stopped on leaving. ``mode`` says how server streams are
+    authenticated:
+
+    * ``dialback``: each server has its generated self-signed certificate, which the other cannot verify,
+      so Server Dialback (XEP-0220);
+    * ``external``: certificates from one TestCA that both trust, ``require_valid_certificates``, so SASL
+      EXTERNAL (XEP-0178).
+
+    ``services_a`` are further domains of a (its MUC service) that b reaches over a's s2s listener too;
+    a's certificate names them as well."""
+    port_a, port_b = free_port(), free_port()
+    options: dict[str, Any] = {"connect_timeout": connect_timeout}
+    ca = tls_a = tls_b = None
+    if mode == "external":
+        ca = TestCA(base / "ca")
+        tls_a, tls_b = ca.issue(domain_a, extra_dns=services_a), ca.issue(domain_b)
+        options.update(ca_file=str(ca.ca_path), require_valid_certificates=True)
+    routes_b = dict.fromkeys((domain_a, *services_a), port_a)
+    a = make_server(base / "a", server_config(domain_a, port_a, {domain_b: port_b}, s2s=options, tls=tls_a))
+    b = make_server(base / "b", server_config(domain_b, port_b, routes_b, s2s=options, tls=tls_b))
+    try:
+        start_all(a.start, b.start)
+        for jid, password in passwords.items():
+            (b if jid.endswith("@" + domain_b) else a).adduser(jid, password)
+        yield ServerPair(mode, a, b, domain_b, trust_for(a, ca), trust_for(b, ca), passwords)
+    finally:
+        a.stop()
+        b.stop()
+
+
+@dataclass
+class XmppdAndProsody(Federated):
+    """An xmppd server and a Prosody server federating on loopback, running, with their users (see
+    ``xmppd_and_prosody``); ``exit_codes`` ("xmppd", "prosody") once they are stopped."""
+
+    mode: str  # "dialback" or "certificates"
+    xmppd: ServerProcess
+    prosody: ProsodyServer
+    xmppd_trust: Path  # what a client of xmppd trusts: its self-signed certificate, or the CA
+    prosody_trust: Path
+    passwords: dict[str, str]
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+    def c2s(self, domain: str) -> tuple[int, Path]:
+        if domain == self.prosody.domain:
+            return self.prosody.c2s_port, self.prosody_trust
+        return self.xmppd.port(), self.xmppd_trust
+
+
+@contextmanager
+def xmppd_and_prosody(
+    base: Path,
+    mode: str,
+    xmppd_domain: str,
+    prosody_domain: str,
+    passwords: dict[str, str],
+    *,
+    services: tuple[str, ...] = (),
+) -> Iterator[XmppdAndProsody]:
+    """xmppd serving ``xmppd_domain`` (in ``base``/xmppd) and Prosody 0.12 serving ``prosody_domain`` (in
+    ``base``/prosody), each routing the other's domain to its s2s listener, started, with the users of
+    ``passwords`` (bare JID -> password) registered on the server of their domain. ``mode``:
+
+    * ``dialback``: each server has a self-signed certificate (xmppd's generated one, the harness's for
+      Prosody), which the other cannot verify; xmppd has ``require_valid_certificates = false`` and
+      Prosody ``s2s_secure_auth = false``, so both directions authenticate with Server Dialback
+      (XEP-0220);
+    * ``certificates``: both have DNS-ID certificates from one TestCA that both trust, xmppd with
+      ``require_valid_certificates = true`` and Prosody with ``s2s_secure_auth = true``, so both
+      directions authenticate with SASL EXTERNAL (XEP-0178).
+
+    ``services`` are further domains of xmppd (its MUC service) that Prosody reaches over xmppd's s2s
+    listener too (and, for dialback, connects back to); xmppd's certificate names them as well. Both
+    servers are stopped on leaving, their exit codes then in ``exit_codes``."""
+    s2s_port = free_port()  # Prosody's routes must name it before xmppd starts
+    routes = {domain: ("127.0.0.1", s2s_port) for domain in (xmppd_domain, *services)}
+    s2s: dict[str, Any] = {"connect_timeout": 10}
+    ca = tls = None
+    if mode == "certificates":
+        ca = TestCA(base / "ca")
+        # DNS-ID: Prosody 0.12.3 rejects XmppAddr-only certificates for s2s
+        tls = ca.issue(xmppd_domain, extra_dns=services)
+        s2s.update(ca_file=str(ca.ca_path), require_valid_certificates=True)
+        prosody = ProsodyServer(
+            base / "prosody",
+            prosody_domain,
+            cert=ca.issue(prosody_domain),
+            ca_file=ca.ca_path,
+            secure_auth=True,
+            routes=routes,
+        )
+    else:
+        s2s.update(require_valid_certificates=False)
+        prosody = ProsodyServer(base / "prosody", prosody_domain, secure_auth=False, routes=routes)
+    config = server_config(xmppd_domain, s2s_port, {prosody_domain: prosody.s2s_port}, s2s=s2s, tls=tls)
+    xmppd = make_server(base / "xmppd", config)
+    prosody_trust = ca.ca_path if ca is not None else prosody.cert_path
+    fed = XmppdAndProsody(mode, xmppd, prosody, trust_for(xmppd, ca), prosody_trust, passwords)
+    local = {jid: password for jid, password in passwords.items() if not jid.endswith("@" + prosody_domain)}
+    try:
+        for jid, password in passwords.items():
+            if jid not in local:
+                prosody.register(jid.split("@")[0], password)  # prosodyctl works before Prosody runs
+        start_all(xmppd.start, prosody.start)
+        for jid, password in local.items():
+            xmppd.adduser(jid, password)
+        yield fed
+    finally:
+        fed.exit_codes.update(xmppd=xmppd.stop(), prosody=prosody.stop())
+
+
+@contextmanager
+def logs_shown(keep: tuple[str, ...], **servers: ServerProcess | ProsodyServer) -> Iterator[None]:
+    """On leaving, print the lines each of ``servers`` (name=server) logged inside the block that contain
+    any of ``keep`` (the last 15,000 characters of them). Around a fixture's ``yield``: pytest shows what a
+    test printed when it fails."""
+    starts = {name: len(server.log()) for name, server in servers.items()}
+    try:
+        yield
+    finally:
+        for name, server in servers.items():
+            text = server.log()[starts[name] :]
+            lines = [line for line in text.splitlines() if any(k in line for k in keep)]
+            print(f"--- {name} ({server.log_path}), lines with {' / '.join(keep)}:")
+            print("\n".join(lines)[-15000:])
 
 
 # -- fake peers --------------------------------------------------------------------------------------------

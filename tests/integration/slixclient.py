@@ -13,7 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -137,18 +137,30 @@ async def error_condition(awaitable: Awaitable[Any]) -> str:
     raise AssertionError(f"expected an error, got a result: {result}")
 
 
-class Clients:
-    """Log in clients to ``proc``; every one is disconnected when the ``async with`` block ends."""
+class ClientGroup:
+    """The clients a test made (in ``clients``); every one is disconnected when the ``async with`` block
+    ends."""
 
-    def __init__(self, proc: ServerProcess) -> None:
-        self.proc = proc
+    def __init__(self) -> None:
         self.clients: list[Client] = []
 
-    async def __aenter__(self) -> Clients:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop_all()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
+        self.clients.clear()
+
+
+class Clients(ClientGroup):
+    """Log in clients to ``proc``; every one is disconnected when the ``async with`` block ends."""
+
+    def __init__(self, proc: ServerProcess) -> None:
+        super().__init__()
+        self.proc = proc
 
     def client(self, jid: str, password: str, **kwargs: Any) -> Client:
         """A client that is not connected yet."""
@@ -161,10 +173,6 @@ class Clients:
         client = self.client(jid, password, **kwargs)
         await start_session(client, self.proc.port(), timeout)
         return client
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
-        self.clients.clear()
 
 
 async def start_session(client: Client, port: int, timeout: float = TIMEOUT) -> None:

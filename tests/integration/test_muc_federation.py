@@ -25,21 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from federation import FedClient, free_port, make_server, route, server_config, start_all
-from slixclient import TIMEOUT, run, start_session, until, within
+from federation import (
+    FedClient,
+    Federated,
+    Pool,
+    ServerPair,
+    XmppdAndProsody,
+    logs_shown,
+    server_pair,
+    xmppd_and_prosody,
+)
+from slixclient import TIMEOUT, run, until, within
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess
-from xmppd.testing.prosody import ProsodyServer, prosody_missing
+from xmppd.testing.prosody import prosody_missing
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = f"{NS_MUC}#user"
@@ -63,27 +71,6 @@ class MucClient(FedClient):
         self.register_handler(
             Callback("keep messages", MatchXPath("{jabber:client}message"), self.messages_seen.append)
         )
-
-
-class Pool:
-    """Logs clients in to any server (port + trusted certificate); all are disconnected at the end."""
-
-    def __init__(self) -> None:
-        self.clients: list[MucClient] = []
-
-    async def __aenter__(self) -> Pool:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
-
-    async def login(self, jid: str, password: str, port: int, trusted: Path) -> MucClient:
-        client = MucClient(jid, password, trusted)
-        self.clients.append(client)
-        client.auto_authorize = None
-        client.auto_subscribe = False
-        await start_session(client, port)
-        return client
 
 
 # -- reading MUC stanzas -----------------------------------------------------------------------------------
@@ -123,6 +110,33 @@ def describe(stanzas: list[Any]) -> str:
     return "\n".join(str(s) for s in stanzas[-12:])
 
 
+async def first_received(
+    client: MucClient,
+    stanzas: list[Any],
+    match: Callable[[Any], bool],
+    *,
+    since: int = 0,
+    what: str,
+    timeout: float = TIMEOUT,
+) -> Any:
+    """The first stanza of ``stanzas`` (one of the lists ``client`` keeps filling), from index ``since``
+    on, that ``match`` accepts; waits for it up to ``timeout``, then fails showing what did arrive."""
+    found: list[Any] = []
+
+    def check() -> bool:
+        found.extend(s for s in stanzas[since:] if match(s))
+        return bool(found)
+
+    try:
+        await until(check, what, timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"{client.boundjid}: timed out waiting for {what}; the last it received:\n"
+            f"{describe(stanzas[since:])}"
+        ) from None
+    return found[0]
+
+
 async def wait_presence(
     client: MucClient,
     from_: str,
@@ -135,23 +149,39 @@ async def wait_presence(
 ) -> Any:
     """The first presence ``client`` received (from index ``since`` of its presences on) from ``from_``
     with the raw 'type' ``type_`` (None: available) and, if given, status ``code``."""
-    found: list[Any] = []
+    return await first_received(
+        client,
+        client.presences,
+        lambda p: (
+            str(p["from"]) == from_ and p.xml.get("type") == type_ and (code is None or code in codes(p))
+        ),
+        since=since,
+        what=what,
+        timeout=timeout,
+    )
 
-    def check() -> bool:
-        for p in client.presences[since:]:
-            if str(p["from"]) == from_ and p.xml.get("type") == type_ and (code is None or code in codes(p)):
-                found.append(p)
-                return True
-        return False
 
-    try:
-        await until(check, what, timeout)
-    except AssertionError:
-        raise AssertionError(
-            f"{client.boundjid}: timed out waiting for {what}; its last presences:\n"
-            f"{describe(client.presences[since:])}"
-        ) from None
-    return found[0]
+async def all_see(
+    clients: list[MucClient],
+    marks: list[int],
+    from_: str,
+    *,
+    type_: str | None = None,
+    code: str | None = None,
+    what: str,
+) -> list[Any]:
+    """What each of ``clients`` received as in ``wait_presence`` (from its mark on); ``what`` follows
+    each client's JID in the messages."""
+    return [
+        await wait_presence(
+            client, from_, since=mark, type_=type_, code=code, what=f"{client.boundjid} {what}"
+        )
+        for client, mark in zip(clients, marks, strict=True)
+    ]
+
+
+def presence_marks(clients: list[MucClient]) -> list[int]:
+    return [len(client.presences) for client in clients]
 
 
 async def wait_message(
@@ -162,23 +192,7 @@ async def wait_message(
     what: str,
     timeout: float = TIMEOUT,
 ) -> Any:
-    found: list[Any] = []
-
-    def check() -> bool:
-        for m in client.messages_seen[since:]:
-            if match(m):
-                found.append(m)
-                return True
-        return False
-
-    try:
-        await until(check, what, timeout)
-    except AssertionError:
-        raise AssertionError(
-            f"{client.boundjid}: timed out waiting for {what}; its last messages:\n"
-            f"{describe(client.messages_seen[since:])}"
-        ) from None
-    return found[0]
+    return await first_received(client, client.messages_seen, match, since=since, what=what, timeout=timeout)
 
 
 def body_from(from_: str, body: str, type_: str = "groupchat") -> Callable[[Any], bool]:
@@ -196,23 +210,13 @@ async def join(client: MucClient, occupant: str, *, what: str | None = None) -> 
     x = ET.SubElement(presence.xml, f"{{{NS_MUC}}}x")
     ET.SubElement(x, f"{{{NS_MUC}}}history", maxstanzas="0")
     presence.send()
-    found: list[Any] = []
-
-    def answered() -> bool:
-        for p in client.presences[since:]:
-            if str(p["from"]) == occupant and (p.xml.get("type") == "error" or "110" in codes(p)):
-                found.append(p)
-                return True
-        return False
-
-    try:
-        await until(answered, what or f"{client.boundjid} joining {occupant}")
-    except AssertionError:
-        raise AssertionError(
-            f"{client.boundjid} got no self-presence from {occupant}; presences since the join:\n"
-            f"{describe(client.presences[since:])}"
-        ) from None
-    answer = found[0]
+    answer = await first_received(
+        client,
+        client.presences,
+        lambda p: str(p["from"]) == occupant and (p.xml.get("type") == "error" or "110" in codes(p)),
+        since=since,
+        what=what or f"{client.boundjid} joining {occupant} (its self-presence)",
+    )
     assert answer.xml.get("type") != "error", f"join of {occupant} refused: {error_of(answer)}\n{answer}"
     return answer
 
@@ -238,23 +242,69 @@ async def create_room(owner: MucClient, room: str, nick: str) -> None:
     await iq_set(owner, room, query)
 
 
+async def open_room(room: str, owner: MucClient, member: MucClient) -> None:
+    """``owner`` creates ``room`` as Alice; ``member`` (of the same server) joins as Carol, and the owner
+    sees her join."""
+    await create_room(owner, room, "Alice")
+    await join(member, f"{room}/Carol")
+    await wait_presence(owner, f"{room}/Carol", what=f"{owner.boundjid} sees Carol join")
+
+
+def occupants(room: str) -> tuple[str, str, str]:
+    """The occupant JIDs of Alice, Carol and Bob in ``room``."""
+    return f"{room}/Alice", f"{room}/Carol", f"{room}/Bob"
+
+
+@asynccontextmanager
+async def opened_room(fed: Federated, room: str, *jids: str) -> AsyncIterator[list[MucClient]]:
+    """alice, carol and bob (``jids``: full JIDs, in that order) logged in, ``room`` opened by alice with
+    carol in it (see ``open_room``); all three are disconnected on leaving."""
+    async with Pool(MucClient) as pool:
+        # slixmpp's roster answers no subscription request (Pool.login's defaults); no roster is needed
+        clients = [await fed.login(pool, jid, roster=False) for jid in jids]
+        await open_room(room, clients[0], clients[1])
+        yield clients
+
+
+async def remote_joins(
+    bob: MucClient, room: str, others: list[MucClient]
+) -> tuple[Any, list[Any], list[Any]]:
+    """``bob``, of another server, joins ``room`` (where ``others`` are, as Alice and Carol) as Bob, over
+    s2s; waits until he has Alice's and Carol's presence and each of ``others`` has his. Returns his
+    self-presence, the presences he received while joining (in order), and his presence as each of
+    ``others`` received it."""
+    as_alice, as_carol, as_bob = occupants(room)
+    marks, bob_mark = presence_marks(others), len(bob.presences)
+    own = await join(bob, as_bob, what=f"{bob.boundjid} joining {as_bob} over s2s")
+    for occupant in (as_alice, as_carol):
+        await wait_presence(bob, occupant, since=bob_mark, what=f"bob sees {occupant}")
+    seen = await all_see(others, marks, as_bob, what="sees bob join")
+    return own, bob.presences[bob_mark:], seen
+
+
 def groupchat(client: MucClient, room: str, body: str, id_: str) -> None:
     message = client.make_message(mto=room, mbody=body, mtype="groupchat")
     message["id"] = id_
     message.send()
 
 
-def private(client: MucClient, occupant: str, body: str) -> None:
-    client.make_message(mto=occupant, mbody=body, mtype="chat").send()
-
-
-async def everyone_gets(clients: list[MucClient], marks: list[int], from_: str, body: str, id_: str) -> None:
-    """Each client receives the groupchat ``body`` reflected from ``from_`` (room/nick), with its id."""
-    for client, mark in zip(clients, marks, strict=True):
+async def say(sender: MucClient, as_sender: str, body: str, id_: str, audience: list[MucClient]) -> None:
+    """``sender``, in the room as ``as_sender`` (room/nick), posts ``body`` with id ``id_``; each of
+    ``audience`` receives it reflected from ``as_sender``, with its id."""
+    marks = [len(client.messages_seen) for client in audience]
+    groupchat(sender, as_sender.split("/")[0], body, id_)
+    for client, mark in zip(audience, marks, strict=True):
         message = await wait_message(
-            client, body_from(from_, body), since=mark, what=f"{client.boundjid} gets {body!r} from {from_}"
+            client,
+            body_from(as_sender, body),
+            since=mark,
+            what=f"{client.boundjid} gets {body!r} from {as_sender}",
         )
         assert message["id"] == id_, message
+
+
+def private(client: MucClient, occupant: str, body: str) -> None:
+    client.make_message(mto=occupant, mbody=body, mtype="chat").send()
 
 
 def kick_payload(nick: str, reason: str) -> ET.Element:
@@ -264,14 +314,16 @@ def kick_payload(nick: str, reason: str) -> ET.Element:
     return query
 
 
-# -- logs on failure ---------------------------------------------------------------------------------------
+# -- servers -----------------------------------------------------------------------------------------------
 
-KEEP = ("s2s", "muc", "MUC", "rror", "raceback", "warn")
+LOG_KEEP = ("s2s", "muc", "MUC", "rror", "raceback", "warn")  # the log lines shown when a test fails
+METHODS = {"dialback": "dialback", "certificates": "SASL EXTERNAL", "external": "SASL EXTERNAL"}
 
 
-def log_excerpt(name: str, path: Path, text: str) -> str:
-    lines = [line for line in text.splitlines() if any(k in line for k in KEEP)]
-    return f"--- {name} ({path}), s2s/muc/error lines:\n" + "\n".join(lines)[-15000:]
+def assert_authenticated(server: ServerProcess, from_: str, to: str, mode: str) -> None:
+    """``server`` authenticated its stream ``from_`` -> ``to`` with the method ``mode`` stands for."""
+    line = f"s2s out {from_} -> {to}: authenticated with {METHODS[mode]}"
+    assert line in server.log(), f"not in {server.log_path}: {line}"
 
 
 # == 1. xmppd's MUC with a Prosody occupant ================================================================
@@ -283,105 +335,47 @@ ALICE, CAROL, BOB = f"alice@{XMPPD}", f"carol@{XMPPD}", f"bob@{PROSODY}"
 PASSWORDS = {ALICE: "alice-pw", CAROL: "carol-pw", BOB: "bob-pw"}
 
 
-@dataclass
-class WithProsody:
-    mode: str
-    xmppd: ServerProcess
-    prosody: ProsodyServer
-    xmppd_trust: Path
-    prosody_trust: Path
-
-    async def login(self, pool: Pool, jid: str) -> MucClient:
-        bare = jid.split("/")[0]
-        if bare.endswith("@" + PROSODY):
-            return await pool.login(jid, PASSWORDS[bare], self.prosody.c2s_port, self.prosody_trust)
-        return await pool.login(jid, PASSWORDS[bare], self.xmppd.port(), self.xmppd_trust)
-
-
 @pytest.fixture(scope="module", params=("dialback", "certificates"))
 def with_prosody(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WithProsody]:
+) -> Iterator[XmppdAndProsody]:
     reason = prosody_missing()
     if reason:
         pytest.skip(reason)
     mode = request.param
     base = tmp_path_factory.mktemp(f"muc-prosody-{mode}")
-    s2s_port = free_port()
-    # Prosody sends to the MUC service (and, for dialback, checks its keys) over s2s: both domains are
-    # routed to xmppd's s2s listener.
-    routes = {XMPPD: ("127.0.0.1", s2s_port), MUC: ("127.0.0.1", s2s_port)}
-    config: dict[str, Any] = {
-        "server": {"domains": [XMPPD]},
-        "listen": {"s2s": [f"tcp:{s2s_port}:interface=127.0.0.1"]},
-    }
-    if mode == "certificates":
-        ca = TestCA(base / "ca")
-        cert, key = ca.issue(XMPPD, extra_dns=(MUC,))  # one certificate for the host and its MUC service
-        config["tls"] = {"certificate": str(cert), "key": str(key)}
-        s2s: dict[str, Any] = {"ca_file": str(ca.ca_path), "require_valid_certificates": True}
-        prosody = ProsodyServer(
-            base / "prosody",
-            PROSODY,
-            cert=ca.issue(PROSODY),
-            ca_file=ca.ca_path,
-            secure_auth=True,
-            routes=routes,
-        )
-        trust_x = trust_p = ca.ca_path
-    else:
-        s2s = {"require_valid_certificates": False}
-        prosody = ProsodyServer(base / "prosody", PROSODY, secure_auth=False, routes=routes)
-        trust_x, trust_p = base / "xmppd" / "data" / "selfsigned.crt", prosody.cert_path
-    config["s2s"] = {**s2s, "connect_timeout": 10, "routes": {PROSODY: route(prosody.s2s_port)}}
-    server = make_server(base / "xmppd", config)
-    try:
-        prosody.register("bob", PASSWORDS[BOB])
-        start_all(server.start, prosody.start)
-        server.adduser(ALICE, PASSWORDS[ALICE])
-        server.adduser(CAROL, PASSWORDS[CAROL])
-        yield WithProsody(mode, server, prosody, trust_x, trust_p)
-    finally:
-        server.stop()
-        prosody.stop()
+    # Prosody sends to the MUC service (and, for dialback, checks its keys) over s2s: the service is routed
+    # to xmppd's s2s listener like xmppd.localhost, and named in xmppd's certificate too.
+    with xmppd_and_prosody(base, mode, XMPPD, PROSODY, PASSWORDS, services=(MUC,)) as fed:
+        yield fed
 
 
 @pytest.fixture
-def prosody_logs(with_prosody: WithProsody) -> Iterator[WithProsody]:
+def prosody_logs(with_prosody: XmppdAndProsody) -> Iterator[XmppdAndProsody]:
     """The fixture, and on failure what both servers logged during the test (printed; pytest shows a
     failed test's output)."""
-    x_from, p_from = len(with_prosody.xmppd.log()), len(with_prosody.prosody.log())
-    yield with_prosody
-    print(log_excerpt("xmppd", with_prosody.xmppd.log_path, with_prosody.xmppd.log()[x_from:]))
-    print(log_excerpt("prosody", with_prosody.prosody.log_path, with_prosody.prosody.log()[p_from:]))
+    with logs_shown(LOG_KEEP, xmppd=with_prosody.xmppd, prosody=with_prosody.prosody):
+        yield with_prosody
 
 
-def test_prosody_user_in_an_xmppd_room(prosody_logs: WithProsody) -> None:
+def test_prosody_user_in_an_xmppd_room(prosody_logs: XmppdAndProsody) -> None:
     fed = prosody_logs
     room = f"lobby-{fed.mode}@{MUC}"
-    as_alice, as_carol, as_bob = f"{room}/Alice", f"{room}/Carol", f"{room}/Bob"
+    as_alice, as_carol, as_bob = occupants(room)
 
     async def main() -> None:
-        async with Pool() as pool:
-            alice = await fed.login(pool, f"{ALICE}/phone")
-            carol = await fed.login(pool, f"{CAROL}/desk")
-            bob = await fed.login(pool, f"{BOB}/pc")
-
-            # alice creates the room; carol (local) joins
-            await create_room(alice, room, "Alice")
-            await join(carol, as_carol)
-            await wait_presence(alice, as_carol, what="alice sees carol join")
+        async with opened_room(fed, room, f"{ALICE}/phone", f"{CAROL}/desk", f"{BOB}/pc") as clients:
+            alice, carol, bob = clients
 
             # bob joins from Prosody: existing occupants first, then his own presence, then the subject
-            marks = [len(c.presences) for c in (alice, carol)]
-            bob_mark, bob_msgs = len(bob.presences), len(bob.messages_seen)
-            own = await join(bob, as_bob, what="bob (Prosody) joining over s2s")
+            bob_msgs = len(bob.messages_seen)
+            own, received, seen = await remote_joins(bob, room, [alice, carol])
             assert "110" in codes(own) and "201" not in codes(own), own
             assert (item(own).get("role"), item(own).get("affiliation")) == ("participant", "none"), own
-            received = [str(p["from"]) for p in bob.presences[bob_mark:]]
+            order = [str(p["from"]) for p in received]
             for other in (as_alice, as_carol):
-                assert other in received and received.index(other) < received.index(as_bob), received
-            alice_seen = [p for p in bob.presences[bob_mark:] if str(p["from"]) == as_alice][0]
+                assert other in order and order.index(other) < order.index(as_bob), order
+            alice_seen = [p for p in received if str(p["from"]) == as_alice][0]
             assert (item(alice_seen).get("role"), item(alice_seen).get("affiliation")) == (
                 "moderator",
                 "owner",
@@ -392,23 +386,14 @@ def test_prosody_user_in_an_xmppd_room(prosody_logs: WithProsody) -> None:
                 since=bob_msgs,
                 what="bob gets the room subject after joining",
             )
-            for client, mark in zip((alice, carol), marks, strict=True):
-                seen = await wait_presence(
-                    client, as_bob, since=mark, what=f"{client.boundjid} sees bob join"
-                )
-                assert item(seen).get("role") == "participant", seen
+            for presence in seen:
+                assert item(presence).get("role") == "participant", presence
             # alice is a moderator: in a semi-anonymous room she sees bob's real JID (XEP-0045 s7.2.4)
-            bob_at_alice = [p for p in alice.presences[marks[0] :] if str(p["from"]) == as_bob][0]
-            assert item(bob_at_alice).get("jid") == f"{BOB}/pc", bob_at_alice
+            assert item(seen[0]).get("jid") == f"{BOB}/pc", seen[0]
 
             # groupchat, local to remote and remote to local
-            clients = [alice, carol, bob]
-            marks = [len(c.messages_seen) for c in clients]
-            groupchat(alice, room, "hello from xmppd", "gc-1")
-            await everyone_gets(clients, marks, as_alice, "hello from xmppd", "gc-1")
-            marks = [len(c.messages_seen) for c in clients]
-            groupchat(bob, room, "hello from prosody", "gc-2")
-            await everyone_gets(clients, marks, as_bob, "hello from prosody", "gc-2")
+            await say(alice, as_alice, "hello from xmppd", "gc-1", clients)
+            await say(bob, as_bob, "hello from prosody", "gc-2", clients)
 
             # private messages: bob -> Alice, and Alice -> Bob
             carol_mark = len(carol.messages_seen)
@@ -423,35 +408,22 @@ def test_prosody_user_in_an_xmppd_room(prosody_logs: WithProsody) -> None:
 
             # bob changes his nick (s7.6): unavailable with 303 and the new nick, then the new occupant
             as_robert = f"{room}/Robert"
-            marks = [len(c.presences) for c in clients]
+            marks = presence_marks(clients)
             bob.make_presence(pto=as_robert).send()
-            for client, mark in zip(clients, marks, strict=True):
-                gone = await wait_presence(
-                    client,
-                    as_bob,
-                    since=mark,
-                    type_="unavailable",
-                    code="303",
-                    what=f"{client.boundjid} sees Bob's nick change (303)",
-                )
+            for gone in await all_see(
+                clients, marks, as_bob, type_="unavailable", code="303", what="sees Bob's nick change (303)"
+            ):
                 assert item(gone).get("nick") == "Robert", gone
-                await wait_presence(client, as_robert, since=mark, what=f"{client.boundjid} sees Robert")
+            await all_see(clients, marks, as_robert, what="sees Robert")
             assert "110" in codes(await wait_presence(bob, as_robert, since=marks[2], what="bob's new self"))
             assert not [m for m in carol.messages_seen[carol_mark:] if m.xml.get("type") == "chat"], (
                 "carol received a private message meant for someone else"
             )
 
             # bob leaves (s7.14)
-            marks = [len(c.presences) for c in clients]
+            marks = presence_marks(clients)
             bob.make_presence(pto=as_robert, ptype="unavailable").send()
-            for client, mark in zip((alice, carol), marks[:2], strict=True):
-                await wait_presence(
-                    client,
-                    as_robert,
-                    since=mark,
-                    type_="unavailable",
-                    what=f"{client.boundjid} sees bob leave",
-                )
+            await all_see([alice, carol], marks[:2], as_robert, type_="unavailable", what="sees bob leave")
             left = await wait_presence(
                 bob, as_robert, since=marks[2], type_="unavailable", what="bob's own unavailable on leaving"
             )
@@ -460,21 +432,15 @@ def test_prosody_user_in_an_xmppd_room(prosody_logs: WithProsody) -> None:
             # bob comes back; alice (owner, moderator) kicks him: 307 to him and to the others (s8.2)
             await join(bob, as_bob, what="bob rejoining")
             await wait_presence(alice, as_bob, since=marks[0], what="alice sees bob rejoin")
-            marks = [len(c.presences) for c in clients]
+            marks = presence_marks(clients)
             await iq_set(alice, room, kick_payload("Bob", "that will do"))
             kicked = await wait_presence(
                 bob, as_bob, since=marks[2], type_="unavailable", code="307", what="bob is told he was kicked"
             )
             assert "110" in codes(kicked) and item(kicked).get("role") == "none", kicked
-            for client, mark in zip((alice, carol), marks[:2], strict=True):
-                await wait_presence(
-                    client,
-                    as_bob,
-                    since=mark,
-                    type_="unavailable",
-                    code="307",
-                    what=f"{client.boundjid} sees bob kicked",
-                )
+            await all_see(
+                [alice, carol], marks[:2], as_bob, type_="unavailable", code="307", what="sees bob kicked"
+            )
 
             # he is no occupant any more: his groupchat is refused (not-acceptable), the others go on
             bob_msgs = len(bob.messages_seen)
@@ -486,18 +452,16 @@ def test_prosody_user_in_an_xmppd_room(prosody_logs: WithProsody) -> None:
                 what="bob's groupchat after the kick bounces",
             )
             assert error_of(refused) == "not-acceptable", refused
-            marks = [len(c.messages_seen) for c in clients]
-            groupchat(alice, room, "back to us", "gc-4")
-            await everyone_gets([alice, carol], marks[:2], as_alice, "back to us", "gc-4")
+            bob_msgs = len(bob.messages_seen)
+            await say(alice, as_alice, "back to us", "gc-4", [alice, carol])
             await asyncio.sleep(0.5)
-            assert not [m for m in bob.messages_seen[marks[2] :] if m["body"] == "back to us"], (
+            assert not [m for m in bob.messages_seen[bob_msgs:] if m["body"] == "back to us"], (
                 "bob still gets the room's messages after being kicked"
             )
 
     run(main(), timeout=90)
     # the service's own stream to Prosody was authenticated as the mode intends
-    method = {"dialback": "dialback", "certificates": "SASL EXTERNAL"}[fed.mode]
-    assert f"s2s out {MUC} -> {PROSODY}: authenticated with {method}" in fed.xmppd.log()
+    assert_authenticated(fed.xmppd, MUC, PROSODY, fed.mode)
 
 
 # == 2. two xmppd servers; the remote occupant's server dies ===============================================
@@ -509,79 +473,34 @@ A_PASSWORDS = {A_ALICE: "alice-pw", A_CAROL: "carol-pw", B_BOB: "bob-pw"}
 CONNECT_TIMEOUT = 3
 
 
-@dataclass
-class Pair:
-    mode: str
-    a: ServerProcess
-    b: ServerProcess
-    trust_a: Path
-    trust_b: Path
-
-    async def login(self, pool: Pool, jid: str) -> MucClient:
-        bare = jid.split("/")[0]
-        server, trust = (self.b, self.trust_b) if bare.endswith("@" + B) else (self.a, self.trust_a)
-        return await pool.login(jid, A_PASSWORDS[bare], server.port(), trust)
-
-
 @pytest.fixture(params=("dialback", "external"))
-def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPair]:
     """a.localhost and b.localhost; b routes conference.a.localhost to a's s2s listener too (for stanzas to
     the room and, with dialback, to verify the service's keys). Function scope: the test kills b."""
-    mode = request.param
-    port_a, port_b = free_port(), free_port()
-    options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
-    tls_a = tls_b = None
-    if mode == "external":
-        ca = TestCA(tmp_path / "ca")
-        tls_a, tls_b = ca.issue(A, extra_dns=(MUC_A,)), ca.issue(B)
-        options.update(ca_file=str(ca.ca_path), require_valid_certificates=True)
-    a = make_server(tmp_path / "a", server_config(A, port_a, {B: port_b}, s2s=options, tls=tls_a))
-    b = make_server(
-        tmp_path / "b", server_config(B, port_b, {A: port_a, MUC_A: port_a}, s2s=options, tls=tls_b)
-    )
-    try:
-        start_all(a.start, b.start)
-        a.adduser(A_ALICE, A_PASSWORDS[A_ALICE])
-        a.adduser(A_CAROL, A_PASSWORDS[A_CAROL])
-        b.adduser(B_BOB, A_PASSWORDS[B_BOB])
-        if mode == "external":
-            trust_a = trust_b = ca.ca_path
-        else:
-            trust_a, trust_b = a.data_dir / "selfsigned.crt", b.data_dir / "selfsigned.crt"
-        yield Pair(mode, a, b, trust_a, trust_b)
-    finally:
-        a.stop()
-        b.stop()
-        print(log_excerpt("a.localhost", a.log_path, a.log()))
-        print(log_excerpt("b.localhost", b.log_path, b.log()))
+    with server_pair(
+        tmp_path,
+        request.param,
+        A,
+        B,
+        A_PASSWORDS,
+        services_a=(MUC_A,),
+        connect_timeout=CONNECT_TIMEOUT,
+    ) as servers:
+        with logs_shown(LOG_KEEP, a=servers.a, b=servers.b):
+            yield servers
 
 
-def test_remote_occupant_whose_server_dies(pair: Pair) -> None:
+def test_remote_occupant_whose_server_dies(pair: ServerPair) -> None:
     room = f"dev-{pair.mode}@{MUC_A}"
-    as_alice, as_carol, as_bob = f"{room}/Alice", f"{room}/Carol", f"{room}/Bob"
+    as_alice, as_carol, as_bob = occupants(room)
 
     async def main() -> None:
-        async with Pool() as pool:
-            alice = await pair.login(pool, f"{A_ALICE}/phone")
-            carol = await pair.login(pool, f"{A_CAROL}/desk")
-            bob = await pair.login(pool, f"{B_BOB}/pc")
-            await create_room(alice, room, "Alice")
-            await join(carol, as_carol)
-            marks = [len(c.presences) for c in (alice, carol)]
-            bob_mark = len(bob.presences)
-            await join(bob, as_bob, what="bob (b.localhost) joining over s2s")
-            for other in (as_alice, as_carol):
-                await wait_presence(bob, other, since=bob_mark, what=f"bob sees {other}")
-            for client, mark in zip((alice, carol), marks, strict=True):
-                await wait_presence(client, as_bob, since=mark, what=f"{client.boundjid} sees bob join")
+        async with opened_room(pair, room, f"{A_ALICE}/phone", f"{A_CAROL}/desk", f"{B_BOB}/pc") as clients:
+            alice, carol, bob = clients
+            await remote_joins(bob, room, [alice, carol])
 
-            clients = [alice, carol, bob]
-            marks = [len(c.messages_seen) for c in clients]
-            groupchat(alice, room, "hi bob", "d-1")
-            await everyone_gets(clients, marks, as_alice, "hi bob", "d-1")
-            marks = [len(c.messages_seen) for c in clients]
-            groupchat(bob, room, "hi all", "d-2")
-            await everyone_gets(clients, marks, as_bob, "hi all", "d-2")
+            await say(alice, as_alice, "hi bob", "d-1", clients)
+            await say(bob, as_bob, "hi all", "d-2", clients)
 
             # b.localhost dies: no unavailable presence for bob ever reaches the room
             assert pair.b.process is not None
@@ -593,7 +512,7 @@ def test_remote_occupant_whose_server_dies(pair: Pair) -> None:
             # refuses connections), and the bounce removes him (an error from an occupant's real JID:
             # status 333). A stanza written to the dead stream before its loss was noticed is lost without
             # a bounce, so the locals keep talking, one message a second, until the ghost is gone.
-            marks = [len(c.presences) for c in (alice, carol)]
+            marks = presence_marks([alice, carol])
 
             def ghost_gone() -> bool:
                 return any(
@@ -609,11 +528,7 @@ def test_remote_occupant_whose_server_dies(pair: Pair) -> None:
                     f"presences since b died:\n{describe(alice.presences[marks[0] :])}"
                 )
                 n += 1
-                msg_marks = [len(c.messages_seen) for c in (alice, carol)]
-                groupchat(alice, room, f"is bob still there? ({n})", f"d-3-{n}")
-                await everyone_gets(
-                    [alice, carol], msg_marks, as_alice, f"is bob still there? ({n})", f"d-3-{n}"
-                )
+                await say(alice, as_alice, f"is bob still there? ({n})", f"d-3-{n}", [alice, carol])
                 await asyncio.sleep(1)
             await wait_presence(
                 carol, as_bob, since=marks[1], type_="unavailable", what="carol sees the ghost bob removed"
@@ -622,11 +537,8 @@ def test_remote_occupant_whose_server_dies(pair: Pair) -> None:
             assert "333" in codes(gone), f"removal of an unreachable occupant has status 333: {gone}"
 
             # and the room still works for the locals afterwards
-            msg_marks = [len(c.messages_seen) for c in (alice, carol)]
-            groupchat(carol, room, "just us now", "d-4")
-            await everyone_gets([alice, carol], msg_marks, as_carol, "just us now", "d-4")
+            await say(carol, as_carol, "just us now", "d-4", [alice, carol])
 
     run(main(), timeout=90)
-    method = {"dialback": "dialback", "external": "SASL EXTERNAL"}[pair.mode]
-    assert f"s2s out {MUC_A} -> {B}: authenticated with {method}" in pair.a.log()
-    assert f"s2s out {B} -> {MUC_A}: authenticated with {method}" in pair.b.log()
+    assert_authenticated(pair.a, MUC_A, B, pair.mode)
+    assert_authenticated(pair.b, B, MUC_A, pair.mode)

@@ -22,19 +22,13 @@ s2s lines of both servers' logs since the test began are printed with the failur
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-from federation import start_all
-from slixclient import TIMEOUT, Client, run, start_session, until, within
+from federation import FedClient, Pool, XmppdAndProsody, logs_shown, xmppd_and_prosody
+from slixclient import TIMEOUT, run, until, within
 
-from xmppd.testing.ca import TestCA
-from xmppd.testing.process import ServerProcess
-from xmppd.testing.prosody import ProsodyServer, free_port, prosody_missing
+from xmppd.testing.prosody import prosody_missing
 
 pytestmark = pytest.mark.skipif(prosody_missing() is not None, reason=prosody_missing() or "")
 
@@ -45,78 +39,22 @@ BOB, BOB_PW = f"bob@{PROSODY}", "bob-pw"
 NS_ROSTER = "jabber:iq:roster"
 NS_VERSION = "jabber:iq:version"
 MODES = ("dialback", "certificates")
-
-
-@dataclass
-class Federation:
-    """Both servers of one mode, running, with alice and bob registered."""
-
-    mode: str
-    xmppd: ServerProcess
-    prosody: ProsodyServer
-    xmppd_trust: Path  # what a client of xmppd trusts: its self-signed certificate, or the CA
-    prosody_trust: Path
-
-    async def alice(self, pool: Pool, resource: str = "phone", **kwargs: Any) -> Client:
-        return await pool.login(
-            f"{ALICE}/{resource}", ALICE_PW, self.xmppd.port(), self.xmppd_trust, **kwargs
-        )
-
-    async def bob(self, pool: Pool, resource: str = "pc", **kwargs: Any) -> Client:
-        return await pool.login(
-            f"{BOB}/{resource}", BOB_PW, self.prosody.c2s_port, self.prosody_trust, **kwargs
-        )
+LOG_KEEP = ("s2s", "dialback", "certificate", "rror", "warn")  # what to show of the servers' logs
 
 
 @pytest.fixture(scope="module", params=MODES)
 def federation(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Federation]:
+) -> Iterator[XmppdAndProsody]:
     """Both servers in one mode, running, with alice@xmppd.localhost and bob@prosody.localhost registered;
     both are stopped afterwards, Prosody cleanly (exit code 0)."""
     mode = request.param
     base = tmp_path_factory.mktemp(f"prosody-interop-{mode}")
-    xmppd_s2s_port = free_port()  # Prosody's route must name it before xmppd starts
-    config: dict[str, Any] = {
-        "server": {"domains": [XMPPD]},
-        "listen": {"s2s": [f"tcp:{xmppd_s2s_port}:interface=127.0.0.1"]},
-    }
-    routes = {XMPPD: ("127.0.0.1", xmppd_s2s_port)}
-    if mode == "certificates":
-        ca = TestCA(base / "ca")
-        cert, key = ca.issue(XMPPD)  # DNS-ID: Prosody 0.12.3 rejects XmppAddr-only certificates for s2s
-        config["tls"] = {"certificate": str(cert), "key": str(key)}
-        s2s = {"ca_file": str(ca.ca_path), "require_valid_certificates": True}
-        prosody = ProsodyServer(
-            base / "prosody",
-            PROSODY,
-            cert=ca.issue(PROSODY),
-            ca_file=ca.ca_path,
-            secure_auth=True,
-            routes=routes,
-        )
-    else:  # self-signed certificates on both sides (xmppd makes one, so does the harness)
-        s2s = {"require_valid_certificates": False}
-        prosody = ProsodyServer(base / "prosody", PROSODY, secure_auth=False, routes=routes)
-    config["s2s"] = {
-        **s2s,
-        "connect_timeout": 10,
-        "routes": {PROSODY: f"tcp:host=127.0.0.1:port={prosody.s2s_port}"},
-    }
-    (base / "xmppd").mkdir()
-    xmppd = ServerProcess(base / "xmppd", config)
-    try:
-        prosody.register("bob", BOB_PW)  # prosodyctl works before Prosody runs
-        start_all(xmppd.start, prosody.start)
-        xmppd.adduser(ALICE, ALICE_PW)
-        if mode == "certificates":
-            yield Federation(mode, xmppd, prosody, ca.ca_path, ca.ca_path)
-        else:
-            yield Federation(mode, xmppd, prosody, xmppd.data_dir / "selfsigned.crt", prosody.cert_path)
-    finally:
-        codes = {"xmppd": xmppd.stop(), "prosody": prosody.stop()}
-    assert not prosody.running
-    assert codes["prosody"] == 0, f"Prosody exited with {codes['prosody']}:\n{prosody.output()}"
+    with xmppd_and_prosody(base, mode, XMPPD, PROSODY, {ALICE: ALICE_PW, BOB: BOB_PW}) as fed:
+        yield fed
+    assert not fed.prosody.running
+    code = fed.exit_codes["prosody"]
+    assert code == 0, f"Prosody exited with {code}:\n{fed.prosody.output()}"
 
 
 @pytest.fixture(autouse=True)
@@ -126,69 +64,24 @@ def s2s_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     if "federation" not in request.fixturenames:
         yield
         return
-    fed: Federation = request.getfixturevalue("federation")
-    xmppd_from, prosody_from = len(fed.xmppd.log()), len(fed.prosody.log())
-    yield
-    xmppd_log = fed.xmppd.log()[xmppd_from:]
-    print(f"--- xmppd ({fed.xmppd.log_path}), s2s and errors:")
-    print("\n".join(line for line in xmppd_log.splitlines() if "s2s" in line or "rror" in line))
-    prosody_log = fed.prosody.log()[prosody_from:]
-    keep = ("s2s", "dialback", "certificate", "error", "Error", "warn")
-    print(f"--- prosody ({fed.prosody.log_path}), s2s lines:")
-    print("\n".join(line for line in prosody_log.splitlines() if any(k in line for k in keep))[-20000:])
+    fed: XmppdAndProsody = request.getfixturevalue("federation")
+    with logs_shown(LOG_KEEP, xmppd=fed.xmppd, prosody=fed.prosody):
+        yield
 
 
 # -- clients -----------------------------------------------------------------------------------------------
 
 
-class Pool:
-    """Logs slixmpp clients in to either server; every one is disconnected when the ``async with`` ends."""
-
-    def __init__(self) -> None:
-        self.clients: list[Client] = []
-
-    async def __aenter__(self) -> Pool:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(client.stop() for client in self.clients), return_exceptions=True)
-
-    async def login(
-        self,
-        jid: str,
-        password: str,
-        port: int,
-        trusted: Path,
-        *,
-        authorize: bool | None = None,
-        subscribe: bool = False,
-        roster: bool = True,
-    ) -> Client:
-        """A client with a started session (STARTTLS trusting ``trusted``, initial presence sent), its
-        roster's automatic answers set (slixmpp's roster approves and asks back by default), every presence
-        stanza it receives kept in ``presences``, and its roster requested unless ``roster`` is False."""
-        client = Client(jid, password, trusted)
-        self.clients.append(client)
-        client.auto_authorize = authorize
-        client.auto_subscribe = subscribe
-        client.presences = []
-        client.add_event_handler("presence", client.presences.append)
-        await start_session(client, port)
-        if roster:
-            await client.get_roster(timeout=TIMEOUT)
-        return client
-
-
-def subscription(client: Client, contact: str) -> str:
+def subscription(client: FedClient, contact: str) -> str:
     return client.client_roster[contact]["subscription"]
 
 
-def sees(client: Client, contact: str, resource: str) -> bool:
+def sees(client: FedClient, contact: str, resource: str) -> bool:
     """Whether ``client`` has available presence from ``contact``/``resource``."""
     return resource in client.client_roster[contact].resources
 
 
-async def server_roster(client: Client) -> dict[str, tuple[str, str | None]]:
+async def server_roster(client: FedClient) -> dict[str, tuple[str, str | None]]:
     """The roster as the client's own server has it: {jid: (subscription, ask)}."""
     answer = await client.iq_get(client.boundjid.bare, f"<query xmlns='{NS_ROSTER}'/>")
     query = answer.find(f"{{{NS_ROSTER}}}query")
@@ -198,26 +91,26 @@ async def server_roster(client: Client) -> dict[str, tuple[str, str | None]]:
     }
 
 
-async def software(client: Client, to: str) -> str:
+async def software(client: FedClient, to: str) -> str:
     """The software name ``to`` gives in its XEP-0092 version answer."""
     answer = await client.iq_get(to, f"<query xmlns='{NS_VERSION}'/>")
     return answer.findtext(f"{{{NS_VERSION}}}query/{{{NS_VERSION}}}name") or ""
 
 
-def unavailable_from(client: Client, full_jid: str) -> bool:
+def unavailable_from(client: FedClient, full_jid: str) -> bool:
     return any(str(p["from"]) == full_jid and p["type"] == "unavailable" for p in client.presences)
 
 
 # -- tests -------------------------------------------------------------------------------------------------
 
 
-def test_subscription_presence_and_chat(federation: Federation) -> None:
+def test_subscription_presence_and_chat(federation: XmppdAndProsody) -> None:
     fed = federation
 
     async def main() -> None:
-        async with Pool() as pool:
-            alice = await fed.alice(pool, authorize=True, subscribe=False)
-            bob = await fed.bob(pool, authorize=True, subscribe=True)
+        async with Pool(FedClient) as pool:
+            alice = await fed.login(pool, f"{ALICE}/phone", authorize=True, subscribe=False)
+            bob = await fed.login(pool, f"{BOB}/pc", authorize=True, subscribe=True)
 
             # alice asks; bob's client approves and asks back; alice's client approves (RFC 6121 s3)
             alice.send_presence(pto=BOB, ptype="subscribe")
@@ -249,7 +142,7 @@ def test_subscription_presence_and_chat(federation: Federation) -> None:
             assert not sees(bob, ALICE, "phone")
 
             # a new session: Prosody answers xmppd's probe with bob's presence, bob gets alice's
-            laptop = await fed.alice(pool, "laptop")
+            laptop = await fed.login(pool, f"{ALICE}/laptop")
             assert subscription(laptop, BOB) == "both"
             await until(lambda: sees(laptop, BOB, "pc"), "alice's new session sees bob (probe)")
             await until(lambda: sees(bob, ALICE, "laptop"), "bob sees alice's new session")
@@ -261,13 +154,13 @@ def test_subscription_presence_and_chat(federation: Federation) -> None:
     run(main(), timeout=40)
 
 
-def test_iqs_across(federation: Federation) -> None:
+def test_iqs_across(federation: XmppdAndProsody) -> None:
     fed = federation
 
     async def main() -> None:
-        async with Pool() as pool:
-            alice = await fed.alice(pool, "desk", roster=False)
-            bob = await fed.bob(pool, "tablet", roster=False)
+        async with Pool(FedClient) as pool:
+            alice = await fed.login(pool, f"{ALICE}/desk", roster=False)
+            bob = await fed.login(pool, f"{BOB}/tablet", roster=False)
             assert await within(alice.plugin["xep_0199"].ping(PROSODY, timeout=TIMEOUT)) >= 0
             assert await software(alice, PROSODY) == "Prosody"
             assert await software(bob, XMPPD) == "xmppd"
@@ -279,15 +172,15 @@ def test_iqs_across(federation: Federation) -> None:
     run(main(), timeout=30)
 
 
-def test_authentication_method_in_each_direction(federation: Federation) -> None:
+def test_authentication_method_in_each_direction(federation: XmppdAndProsody) -> None:
     """xmppd's log names the method of each direction: its outgoing stream to Prosody, and Prosody's
     stream to it."""
     fed = federation
 
     async def main() -> None:
-        async with Pool() as pool:  # traffic both ways, in case this test runs alone
-            alice = await fed.alice(pool, "auth", roster=False)
-            bob = await fed.bob(pool, "auth", roster=False)
+        async with Pool(FedClient) as pool:  # traffic both ways, in case this test runs alone
+            alice = await fed.login(pool, f"{ALICE}/auth", roster=False)
+            bob = await fed.login(pool, f"{BOB}/auth", roster=False)
             assert await software(alice, PROSODY) == "Prosody"
             assert await software(bob, XMPPD) == "xmppd"
 
