@@ -97,6 +97,11 @@ async def login(clients: Clients, user: str, resource: str = "pc") -> Client:
     return client
 
 
+async def logins(clients: Clients, *users: str) -> list[Client]:
+    """Several users logged in (resource "pc"), in order."""
+    return [await login(clients, user) for user in users]
+
+
 def kind(stanza: Any) -> str:
     return stanza.xml.tag.rsplit("}", 1)[-1]
 
@@ -352,9 +357,7 @@ def server(module_xmpp_process: Any) -> ServerProcess:
 def test_room_life_join_history_subject_chat_private_nick_change_and_leave(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            carol = await login(clients, "carol")
+            alice, bob, carol = await logins(clients, "alice", "bob", "carol")
 
             room = room_jid("lobby")
             joined = await join(alice, room, "Alice", subject=False)
@@ -494,10 +497,7 @@ def test_room_life_join_history_subject_chat_private_nick_change_and_leave(serve
 def test_kick_ban_and_voice_in_a_moderated_room(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            carol = await login(clients, "carol")
-            dave = await login(clients, "dave")
+            alice, bob, carol, dave = await logins(clients, "alice", "bob", "carol", "dave")
             muc = alice.plugin["xep_0045"]
             room, _ = await create(alice, "moderation", "Alice")
             for client, nick in ((bob, "Bob"), (carol, "Carol"), (dave, "Dave")):
@@ -594,9 +594,7 @@ def test_kick_ban_and_voice_in_a_moderated_room(server):
 def test_members_only_and_password_protected_rooms(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            carol = await login(clients, "carol")
+            alice, bob, carol = await logins(clients, "alice", "bob", "carol")
             muc = alice.plugin["xep_0045"]
 
             club, _ = await create(alice, "club", "Alice", {"muc#roomconfig_membersonly": True})
@@ -645,9 +643,7 @@ def test_members_only_and_password_protected_rooms(server):
 def test_destroyed_room_tells_its_occupants_where_to_go(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            carol = await login(clients, "carol")
+            alice, bob, carol = await logins(clients, "alice", "bob", "carol")
             room, _ = await create(alice, "doomed", "Alice")
             await join(bob, room, "Bob")
             await join(carol, room, "Carol")
@@ -680,10 +676,7 @@ def test_destroyed_room_tells_its_occupants_where_to_go(server):
 def test_mediated_and_direct_invitations(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            carol = await login(clients, "carol")
-            dave = await login(clients, "dave")
+            alice, bob, carol, dave = await logins(clients, "alice", "bob", "carol", "dave")
             room, _ = await create(alice, "party", "Alice")
 
             # mediated (s7.8.2): the invitee hears it from the room, with the inviter's JID
@@ -746,8 +739,7 @@ def test_mediated_and_direct_invitations(server):
 def test_service_and_rooms_in_service_discovery(server):
     async def main():
         async with Clients(server) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
+            alice, bob = await logins(clients, "alice", "bob")
 
             assert SERVICE in await disco_items(bob, "localhost")
             service = await disco_info(bob, SERVICE)
@@ -817,8 +809,7 @@ def test_persistent_room_survives_a_restart_and_a_temporary_one_does_not(xmpp_pr
 
     async def before():
         async with Clients(proc) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
+            alice, bob = await logins(clients, "alice", "bob")
             muc = alice.plugin["xep_0045"]
             await create(
                 alice,
@@ -859,10 +850,7 @@ def test_persistent_room_survives_a_restart_and_a_temporary_one_does_not(xmpp_pr
 
     async def after():
         async with Clients(proc) as clients:
-            alice = await login(clients, "alice")
-            bob = await login(clients, "bob")
-            dave = await login(clients, "dave")
-            eve = await login(clients, "eve")
+            alice, bob, dave, eve = await logins(clients, "alice", "bob", "dave", "eve")
             muc = alice.plugin["xep_0045"]
 
             assert await iq_error(disco_info(bob, ephemeral)) == ("cancel", "item-not-found")
