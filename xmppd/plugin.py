@@ -131,6 +131,54 @@ class PluginStore:
         return self._storage.users(self.host, self.store)
 
 
+class PluginArchive:
+    """A plugin's archive store on one domain: per-user lists of items (serialised stanzas) with a time
+    and a JID, queried by range and paged (xmppd.storage.base.ArchiveQuery)."""
+
+    def __init__(self, server: XMPPServer, host: str, store: str) -> None:
+        self._storage = server.storage
+        self.host = host
+        self.store = store
+
+    def append(
+        self, user: str, value: str, *, when: float, with_: str | None = None, keep: int | None = None
+    ) -> Deferred[str]:
+        return self._storage.archive_append(
+            self.host, self.store, user, value, when=when, with_=with_, keep=keep
+        )
+
+    def query(self, user: str, query: Any = None) -> Deferred[Any]:
+        from xmppd.storage.base import ArchiveQuery
+
+        return self._storage.archive_query(self.host, self.store, user, query or ArchiveQuery())
+
+    def delete(
+        self, user: str | None, *, before: float | None = None, ids: list[str] | None = None
+    ) -> Deferred[int]:
+        return self._storage.archive_delete(self.host, self.store, user, before=before, ids=ids)
+
+    def users(self) -> Deferred[list[str]]:
+        return self._storage.archive_users(self.host, self.store)
+
+
+class PluginMap:
+    """A plugin's map store on one domain: per user, many keys with JSON-serialisable values."""
+
+    def __init__(self, server: XMPPServer, host: str, store: str) -> None:
+        self._storage = server.storage
+        self.host = host
+        self.store = store
+
+    def get(self, user: str, key: str) -> Deferred[Any | None]:
+        return self._storage.map_get(self.host, self.store, user, key)
+
+    def set(self, user: str, key: str, value: Any | None) -> Deferred[None]:
+        return self._storage.map_set(self.host, self.store, user, key, value)
+
+    def items(self, user: str) -> Deferred[dict[str, Any]]:
+        return self._storage.map_items(self.host, self.store, user)
+
+
 class Context:
     """What a plugin instance sees of the server: its domain, options, hooks, disco, storage, timers."""
 
@@ -303,6 +351,14 @@ class Context:
     def store(self, name: str | None = None) -> PluginStore:
         """Per-user documents for this plugin on this domain (store ``name``, default the plugin's name)."""
         return PluginStore(self.server, self.domain, name or self.name)
+
+    def archive(self, name: str | None = None) -> PluginArchive:
+        """Per-user archives for this plugin on this domain (store ``name``, default the plugin's name)."""
+        return PluginArchive(self.server, self.domain, name or self.name)
+
+    def map(self, name: str | None = None) -> PluginMap:
+        """Per-user maps of keys for this plugin on this domain (store ``name``, default its name)."""
+        return PluginMap(self.server, self.domain, name or self.name)
 
     # timers
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any:
