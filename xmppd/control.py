@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from lxml import etree
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
@@ -64,6 +65,9 @@ class Commands:
             "plugin-unload": self.plugin_unload,
             "plugin-reload": self.plugin_reload,
             "reload": self.reload,
+            "sessions": self.sessions,
+            "kick": self.kick,
+            "announce": self.announce,
         }
 
     def _domain_of(self, jid: Any) -> None:
@@ -134,6 +138,71 @@ class Commands:
 
     async def reload(self) -> list[str]:
         return self.server.reload_config()
+
+    async def sessions(self, domain: str | None = None) -> list[dict[str, Any]]:
+        """Every bound session: its JID, transport (c2s, bosh, websocket), IP address, client software
+        (the XEP-0115 node it advertised, when it did) and how long it has been connected."""
+        domains = set(self._domains(domain))
+        now = self.server.clock.seconds()
+        result = []
+        for session in self.server.sessions:
+            if session.jid is None or session.host not in domains:
+                continue
+            caps = session.data.get("caps")
+            started = getattr(session, "bound_at", None)
+            result.append(
+                {
+                    "jid": str(session.jid),
+                    "transport": session.kind,
+                    "ip": session.peer,
+                    "client": getattr(caps, "node", None),
+                    "priority": session.priority,
+                    "connected": None if started is None else round(now - started, 1),
+                }
+            )
+        return sorted(result, key=lambda s: s["jid"])
+
+    async def kick(self, jid: str, reason: str = "kicked by an administrator") -> str:
+        """End a session (a full JID) or every session of an account (a bare JID), with the stream error
+        ``<policy-violation/>`` and ``reason`` as its text (RFC 6120 s4.9.3.14)."""
+        try:
+            target = parse_jid(jid)
+        except JIDError as e:
+            raise ControlError(f"{jid!r} is not a valid JID: {e}") from None
+        if target.local is None:
+            raise ControlError(f"{jid!r} is not a user's address")
+        if target.resource is None:
+            sessions = list(self.server.sessions.sessions_of(target))
+        else:
+            one = self.server.sessions.get(target)
+            sessions = [one] if one is not None else []
+        if not sessions:
+            raise ControlError(f"{jid} has no session")
+        for session in sessions:
+            session.close("policy-violation", reason)
+        log.info("kicked {jid} ({count} sessions): {reason}", jid=jid, count=len(sessions), reason=reason)
+        return f"kicked {len(sessions)} session(s) of {jid}"
+
+    async def announce(self, text: str, domain: str | None = None, subject: str | None = None) -> str:
+        """A message from the domain to every online user (of ``domain``, or of every domain), as
+        XEP-0133 s4.23 "Send Announcement to Online Users" does."""
+        if not text.strip():
+            raise ControlError("an announcement needs some text")
+        domains = set(self._domains(domain))
+        sent = 0
+        for session in list(self.server.sessions):
+            if session.jid is None or session.host not in domains:
+                continue
+            message = etree.Element("message", type="headline")
+            message.set("from", session.host)
+            message.set("to", str(session.jid))
+            if subject:
+                etree.SubElement(message, "subject").text = subject
+            etree.SubElement(message, "body").text = text
+            session.send(message)
+            sent += 1
+        log.info("announcement sent to {count} sessions", count=sent)
+        return f"announced to {sent} session(s)"
 
     async def run(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = self.table.get(command)
