@@ -268,6 +268,7 @@ class XMPPServer(MultiService):
     # -- sessions ------------------------------------------------------------------------------------------
 
     def session_started(self, session: Any) -> None:
+        session.bound_at = self.clock.seconds()  # for `xmppdctl sessions` and the admin interfaces
         self.hosts[session.host].bus.fire("session-started", SessionEvent(session))
 
     def session_ended(self, session: Any) -> None:
