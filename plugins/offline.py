@@ -3,8 +3,9 @@ and hand them to the first session that becomes available with a non-negative pr
 
 Storage (XEP-0160 s2, steps 2-4): the core fires ``message/offline`` for a ``chat`` or ``normal`` message
 to an existing account that has no available resource of non-negative priority (RFC 6121 s8.5.2.2.1;
-``headline`` and ``groupchat`` never get here, as XEP-0160 s3 recommends). The message is stored, as the
-stanza's XML text in the plugin's per-user store, with a XEP-0203 ``<delay/>`` from the domain saying
+``headline`` and ``groupchat`` never get here, as XEP-0160 s3 recommends). The message is stored as the
+stanza's XML text in the plugin's archive store (one item per message, with the sender and the time),
+with a XEP-0203 ``<delay/>`` from the domain saying
 when (XEP-0160 s2 recommends it). What is not stored:
 
 * a message carrying the XEP-0334 ``<no-store/>`` hint (s4.2: not even temporarily for an offline
@@ -38,6 +39,7 @@ from twisted.internet.defer import Deferred, DeferredLock, fail
 
 from xmppd.plugin import Context, Option, Plugin
 from xmppd.router import StanzaEvent
+from xmppd.storage.base import ArchiveQuery
 from xmppd.xml.delay import add_delay
 from xmppd.xml.stanza import copy_stanza, parse_stanza
 from xmppd.xml.writer import serialize
@@ -124,7 +126,8 @@ class OfflineMessages(Plugin):
         ctx.hook("message/offline", self.on_offline)
         # Above 0 so that it sees every broadcast presence; it never stops the presence (returns None).
         ctx.hook("pre-presence/bare", self.on_presence, priority=10)
-        self.store = ctx.store()
+        self.archive = ctx.archive()
+        self.legacy = ctx.store()  # before archives existed: one keyval list per user, moved on first use
         self.queue = KeyedSerializer()
 
     # -- storing ---------------------------------------------------------------------------------------
@@ -147,26 +150,41 @@ class OfflineMessages(Plugin):
 
     async def _append(self, event: StanzaEvent) -> Any:
         user = event.to.local
-        stored: list[str] = await self.store.get(user) or []
+        await self._move_legacy(user)
+        stored = (await self.archive.query(user, ArchiveQuery(limit=0))).count
         limit = self.ctx.option("max_messages")
-        if len(stored) >= limit:
+        if stored >= limit:
             # XEP-0160 s2 step 3: a full queue means service-unavailable to the sender.
             self.ctx.log.info(
                 "offline store of {user} is full ({count} messages); a message from {sender} was refused",
                 user=event.to.bare,
-                count=len(stored),
+                count=stored,
                 sender=event.from_,
             )
             return event.error("service-unavailable", "cancel")
+        now = self.ctx.clock.seconds()
         message = copy_stanza(event.stanza)
         message.tail = None
-        add_delay(message, self.ctx.domain, self.ctx.clock.seconds(), "Offline Storage")
-        stored.append(serialize(message).decode("utf-8"))
-        await self.store.set(user, stored)
+        add_delay(message, self.ctx.domain, now, "Offline Storage")
+        await self.archive.append(user, serialize(message).decode("utf-8"), when=now, with_=str(event.from_))
         self.ctx.log.debug(
             "stored an offline message for {user} from {sender}", user=event.to.bare, sender=event.from_
         )
         return True
+
+    async def _move_legacy(self, user: str) -> None:
+        """Messages stored by xmppd before archives (a keyval list) move to the archive, in order."""
+        legacy: list[str] | None = await self.legacy.get(user)
+        if not legacy:
+            return
+        now = self.ctx.clock.seconds()
+        for text in legacy:
+            try:
+                sender = parse_stanza(text).get("from")
+            except ValueError:
+                sender = None
+            await self.archive.append(user, text, when=now, with_=sender)
+        await self.legacy.set(user, None)
 
     # -- delivering ------------------------------------------------------------------------------------
 
@@ -199,17 +217,20 @@ class OfflineMessages(Plugin):
 
     async def _deliver(self, session: Any) -> None:
         user = session.jid.local
-        stored: list[str] = await self.store.get(user) or []
-        if not stored or not self._eligible(session):
+        await self._move_legacy(user)
+        page = await self.archive.query(user)
+        if not page.items or not self._eligible(session):
             return  # nothing, or the session went away meanwhile: keep them for the next one
-        for text in stored:
+        for item in page.items:
             try:
-                message = parse_stanza(text)
+                message = parse_stanza(item.value)
             except ValueError as e:
                 self.ctx.log.error(
                     "an offline message of {user} could not be read: {error}", user=user, error=e
                 )
                 continue
             session.send(message)
-        await self.store.set(user, None)
-        self.ctx.log.info("delivered {count} offline message(s) to {jid}", count=len(stored), jid=session.jid)
+        await self.archive.delete(user, ids=[item.id for item in page.items])
+        self.ctx.log.info(
+            "delivered {count} offline message(s) to {jid}", count=len(page.items), jid=session.jid
+        )

@@ -143,14 +143,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "storage": {
-        "backend": Key(str, "sqlite", 'backend = "sqlite" or "memory"'),
+        "backend": Key(str, "sqlite", 'backend = "sqlite", "postgresql" or "memory"'),
+        "dsn": Key(
+            str, "", 'dsn = "postgresql://xmppd@localhost:5432/xmppd" (only with backend = "postgresql")'
+        ),
+        "pool_size": Key(int, 5, "pool_size = 5 (PostgreSQL connections)", minimum=1),
     },
     "logging": {
         "level": Key(str, "info", 'level = "info" (debug, info, warn, error)'),
     },
 }
 
-STORAGE_BACKENDS = ("sqlite", "memory")
+STORAGE_BACKENDS = ("sqlite", "postgresql", "memory")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
@@ -290,6 +294,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
             key="[storage] backend",
             fix=SCHEMA["storage"]["backend"].fix,
         )
+    _check_storage(sections["storage"], path)
     if sections["logging"]["level"] not in LOG_LEVELS:
         raise ConfigError(
             f"unknown level {sections['logging']['level']!r}",
@@ -313,6 +318,47 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     return Config(
         path=path, sections=sections, plugins=plugins, hosts=hosts, s2s_routes=routes, components=components
     )
+
+
+def _check_storage(storage: dict[str, Any], path: str | None) -> None:
+    """``dsn`` is required by the postgresql backend and refused by the others, so that a configuration
+    never looks as if it used a database it does not."""
+    dsn = storage["dsn"]
+    if storage["backend"] != "postgresql":
+        if dsn:
+            raise ConfigError(
+                f'a dsn is only used with backend = "postgresql" (backend is {storage["backend"]!r})',
+                path=path,
+                key="[storage] dsn",
+                fix='remove dsn, or set backend = "postgresql"',
+            )
+        return
+    if not dsn:
+        raise ConfigError(
+            "the postgresql backend needs a dsn",
+            path=path,
+            key="[storage] dsn",
+            fix=SCHEMA["storage"]["dsn"].fix,
+        )
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ConfigError(
+            "the postgresql backend needs psycopg",
+            path=path,
+            key="[storage] backend",
+            fix="pip install 'psycopg[binary]>=3.1'",
+        ) from None
+    try:
+        conninfo_to_dict(dsn)
+    except Error as e:
+        raise ConfigError(
+            f"not a PostgreSQL connection string ({str(e).strip()})",
+            path=path,
+            key="[storage] dsn",
+            fix=SCHEMA["storage"]["dsn"].fix,
+        ) from None
 
 
 def _parse_plugins(given: Any, path: str | None) -> PluginsConfig:

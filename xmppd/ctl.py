@@ -2,7 +2,10 @@
 
 With the server running, commands go over its control socket (data_dir/xmppd.sock) and act on the live
 process. Without it, the account commands (adduser, deluser, passwd, users) open the storage directly, so
-accounts can be prepared before the first start; the others say the server is not running.
+accounts can be prepared before the first start; the others say the server is not running. ``migrate``
+upgrades the storage schema, and only with the server stopped (the server migrates it when it starts).
+``export`` and ``import`` (XEP-0227 files, xmppd.pie) open the storage directly; import only with the server
+stopped.
 """
 
 from __future__ import annotations
@@ -45,11 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     users = sub.add_parser("users", help="list accounts")
     users.add_argument("domain", nargs="?")
     sub.add_parser("status", help="is the server running, and what it serves")
+    sub.add_parser(
+        "migrate", help="upgrade the database schema (with the server stopped; it also does at start)"
+    )
     sub.add_parser("reload", help="re-read the configuration file (like SIGHUP)")
     plugins = sub.add_parser("plugins", help="list plugins, or load / unload / reload one")
     plugins.add_argument("action", nargs="?", choices=["list", "load", "unload", "reload"], default="list")
     plugins.add_argument("name", nargs="?")
     plugins.add_argument("--domain", help="only this domain (default: every served domain)")
+    export = sub.add_parser("export", help="write every account and its data to a XEP-0227 file")
+    export.add_argument("file", help="the file to write (must not exist)")
+    export.add_argument("--domain", action="append", help="only this domain (repeatable; default: all)")
+    imp = sub.add_parser("import", help="read accounts and their data from a XEP-0227 file (server stopped)")
+    imp.add_argument("file")
+    imp.add_argument("--replace", action="store_true", help="replace existing accounts and all their data")
+    imp.add_argument("--dry-run", action="store_true", help="check the file and report, write nothing")
     return p
 
 
@@ -101,15 +114,55 @@ async def _online(reactor: Any, config: Config, command: str, args: dict[str, An
 async def _offline(config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
     """Account commands straight on the storage, for a server that is not running."""
     from xmppd.accounts import Accounts
-    from xmppd.storage import open_storage
+    from xmppd.storage import storage_from_config
 
     if config.get("storage", "backend") == "memory":
         raise ControlError("the server is not running and memory storage keeps no accounts")
-    storage = open_storage(config.get("storage", "backend"), config.data_dir)
+    storage = storage_from_config(config)
     await storage.start()
     try:
         offline = _OfflineServer(config, Accounts(storage))
         return await Commands(offline).run(command, args)
+    finally:
+        await storage.stop()
+
+
+async def _dispatch(reactor: Any, config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Commands with their own way of running; the others go to the running server (NotRunning)."""
+    if command == "migrate":
+        return await _migrate(reactor, config)
+    return await _online(reactor, config, command, args)
+
+
+async def _migrate(reactor: Any, config: Config) -> dict[str, Any]:
+    """``xmppdctl migrate``: apply the storage's schema migrations, with the server stopped (a running
+    server applied them when it started, and must not see its schema change under it)."""
+    from xmppd.storage import StorageError, storage_from_config
+
+    try:
+        await _online(reactor, config, "status", {})
+    except NotRunning:
+        pass
+    else:
+        raise ControlError(
+            "xmppd is running, and applied the schema migrations when it started; stop it to run migrate"
+        )
+    backend = config.get("storage", "backend")
+    if backend == "memory":
+        raise ControlError("memory storage has no schema to migrate")
+    storage = storage_from_config(config)
+    try:
+        await storage.start()
+    except StorageError as e:
+        raise ControlError(str(e)) from None
+    try:
+        return {
+            "ok": {
+                "database": storage.dialect.describe(),
+                "from": storage.schema_from,
+                "to": storage.schema_version,
+            }
+        }
     finally:
         await storage.stop()
 
@@ -128,6 +181,46 @@ class _OfflineServer:
     async def delete_account(self, account: Any) -> None:
         """Offline there are no sessions or plugins to tell: delete the account and its data."""
         await self.accounts.delete(account)
+
+
+async def _pie(reactor: Any, config: Config, ns: argparse.Namespace) -> None:
+    """``export`` / ``import`` (xmppd.pie) straight on the configured storage. Export may run beside a
+    running server (SQLite's WAL lets it read); import refuses to, as the live server would race it on the
+    same accounts (roster changes, offline deliveries). Exits 1 when anything was left out or rejected."""
+    from xmppd import pie
+    from xmppd.storage import StorageError, storage_from_config
+
+    if ns.command == "import":
+        try:
+            await _online(reactor, config, "status", {})
+        except NotRunning:
+            pass
+        else:
+            raise ControlError("xmppd is running; stop the server first (import writes the storage directly)")
+    if config.get("storage", "backend") == "memory":
+        raise ControlError("memory storage keeps nothing to export or import into")
+    storage = storage_from_config(config)
+    try:
+        await storage.start()
+        if ns.command == "export":
+            unknown = set(ns.domain or ()) - set(config.domains)
+            if unknown:
+                raise ControlError(f"not served here: {', '.join(sorted(unknown))}")
+            report: Any = await pie.export_file(storage, ns.domain or config.domains, ns.file)
+        else:
+            report = await pie.import_file(
+                storage, ns.file, config.domains, replace=ns.replace, dry_run=ns.dry_run
+            )
+    except (OSError, StorageError) as e:
+        raise ControlError(str(e)) from None
+    finally:
+        await storage.stop()
+    if ns.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.summary()))
+    if not report.ok:
+        raise SystemExit(1)
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -152,9 +245,11 @@ async def _main(reactor: Any, argv: list[str]) -> None:
     ns = _parser().parse_args(argv)
     try:
         config = load(ns.config)
+        if ns.command in ("export", "import"):
+            return await _pie(reactor, config, ns)
         command, args = _request(ns)
         try:
-            answer = await _online(reactor, config, command, args)
+            answer = await _dispatch(reactor, config, command, args)
         except NotRunning as e:
             if command not in OFFLINE_COMMANDS:
                 raise ControlError(f"xmppd is not running ({e}); start it with: twistd -n xmppd") from None

@@ -29,7 +29,7 @@ from xmppd.log import logger, set_level
 from xmppd.plugin import PluginManager
 from xmppd.router import Router
 from xmppd.sessions import SessionManager
-from xmppd.storage import open_storage
+from xmppd.storage import StorageError, storage_from_config
 from xmppd.stream.c2s import C2SFactory
 
 log = logger("xmppd.server")
@@ -85,7 +85,7 @@ class XMPPServer(MultiService):
         self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.domains}
         self.sessions = SessionManager(config.get("server", "max_sessions_per_user"))
         self.router = Router(self)
-        self.storage = storage or open_storage(config.get("storage", "backend"), config.data_dir)
+        self.storage = storage or storage_from_config(config)
         self.accounts = Accounts(self.storage)
         self.streams: set = set()
         from xmppd.stream.base import ConnectionLimiter
@@ -231,7 +231,18 @@ class XMPPServer(MultiService):
     def startService(self) -> None:
         super().startService()
         self.started_at = self.reactor.seconds()
-        self.storage.start().addErrback(self._storage_failed)
+        # Plugins load once storage has started (its schema migrated), so that a database the server cannot
+        # use stops it before any plugin reads from it. Memory storage starts at once: plugins load right
+        # here, and their errors raise here.
+        started = self.storage.start()
+        if started.called and not isinstance(started.result, Failure):
+            self._serve()
+        else:
+            started.addCallback(lambda _: self._serve()).addErrback(self._start_failed)
+
+    def _serve(self) -> None:
+        if not self.running:  # stopped while storage was starting
+            return
         self.plugins.load_all()
         if self.ports:
             self._write_listeners_file()  # written last: its presence says the server is ready
@@ -246,9 +257,21 @@ class XMPPServer(MultiService):
         while self.streams and self.reactor.seconds() < deadline:
             yield task.deferLater(self.reactor, 0.02, lambda: None)
 
-    def _storage_failed(self, failure: Any) -> None:
-        log.failure("storage failed to start; stopping", failure)
-        self.reactor.stop()
+    def _start_failed(self, failure: Any) -> None:
+        """Storage could not start (the database is unreachable, or its schema is newer than this code), or
+        the plugins could not load: the server stops. A StorageError or ConfigError is the operator's to
+        fix, and says how in one line; anything else is a bug, logged with its traceback. ``start_error``
+        tells xmppd.tap to exit with status 1."""
+        if failure.check(StorageError, ConfigError):
+            self.start_error = f"xmppd: {failure.value}"
+            log.critical("{line}", line=self.start_error)
+        else:
+            self.start_error = "xmppd: failed to start"
+            log.failure("failed to start; stopping", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:  # failed before the reactor ran (a dsn psycopg cannot parse)
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self) -> defer.Deferred:

@@ -3,12 +3,17 @@ reactor.
 
 Configuration problems end start-up with one line (``xmppd: FILE: KEY: problem; fix: ...``) and exit
 status 1, never a traceback: a ConfigError from reading the file, the certificate, the plugins, or binding a
-listener becomes SystemExit with that line.
+listener becomes SystemExit with that line. Storage starts once the reactor runs: when it cannot (the
+database is unreachable or its schema is newer than this xmppd), the server logs one line and stops, and
+the process exits with status 1.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -42,6 +47,8 @@ class _Launcher(MultiService):
         super().startService()
         from twisted.internet import reactor
 
+        reactor.addSystemEventTrigger("after", "shutdown", self._exit_status)
+
         def reload() -> None:
             try:
                 self.server.reload_config()
@@ -52,6 +59,22 @@ class _Launcher(MultiService):
             reactor.callFromThread(reload)
 
         signal.signal(signal.SIGHUP, on_hup)
+
+    def _exit_status(self) -> None:
+        """A server that stopped because it could not start (its storage) exits with status 1. twistd
+        itself exits 0 whatever happened once the reactor ran, so the status is set at interpreter exit,
+        after twistd has cleaned up."""
+        if getattr(self.server, "start_error", None):
+            atexit.register(_exit_failed)
+
+
+def _exit_failed() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(1)
 
 
 def build(config_path: str | None, reactor: Any) -> Any:

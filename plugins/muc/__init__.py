@@ -12,8 +12,8 @@ alike, reach the service through ``ctx.add_route``. The modules:
 * ``occupant``: occupants and the ``muc#user`` presence that describes them;
 * ``history``: discussion history and its limits on entering (s7.2.15, s7.2.16).
 
-Persistent rooms (configuration, affiliations, registered nicknames, subject) are kept in storage and
-come back after a restart; discussion history is kept in memory only.
+Persistent rooms (configuration, affiliations, registered nicknames, subject, and their last
+``max_history`` messages in an archive store) are kept in storage and come back after a restart.
 """
 
 from __future__ import annotations

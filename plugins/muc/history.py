@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.xml.delay import add_delay, parse_datetime
-from xmppd.xml.stanza import copy_stanza
+from xmppd.xml.stanza import copy_stanza, parse_stanza
 from xmppd.xml.writer import serialize
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -63,12 +63,25 @@ class History:
         if length != self.entries.maxlen:
             self.entries = deque(self.entries, maxlen=length)
 
-    def add(self, stanza: etree._Element, now: float) -> None:
+    def add(self, stanza: etree._Element, now: float) -> str | None:
+        """Keep a reflected message; its XML text (what a persistent room stores), or None when the
+        room keeps no history."""
         if self.entries.maxlen == 0:
-            return
+            return None
         kept = copy_stanza(stanza)
         kept.attrib.pop("to", None)
-        self.entries.append(Entry(now, kept, len(serialize(kept))))
+        text = serialize(kept).decode("utf-8")
+        self.entries.append(Entry(now, kept, len(text)))
+        return text
+
+    def restore(self, items: list[tuple[float, str]]) -> None:
+        """Stored messages (time, XML text), oldest first, as a restarted persistent room finds them."""
+        for when, text in items:
+            try:
+                stanza = parse_stanza(text)
+            except ValueError:
+                continue
+            self.entries.append(Entry(when, stanza, len(text)))
 
     def select(self, request: HistoryRequest, now: float, room_jid: str) -> list[etree._Element]:
         """The messages to send a joining user, oldest first, each with a XEP-0203 delay from the room

@@ -419,7 +419,10 @@ class Room:
         message.set("from", self.occupant_jid(occupant.nick))
         message.attrib.pop("to", None)
         if body is not None:
-            self.history.add(message, self.service.now())
+            now = self.service.now()
+            text = self.history.add(message, now)
+            if text is not None:
+                self.service.store_history(self, text, now)
         for other in list(self.occupants.values()):
             self.send_occupant(other, copy_stanza(message))
 

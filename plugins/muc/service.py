@@ -18,6 +18,7 @@ from xmppd.plugins.muc.occupant import NS_ADMIN, NS_MUC, NS_OWNER, SHUTDOWN
 from xmppd.plugins.muc.room import NS_PING, Refused, Room
 
 from xmppd.jid import JID, JIDError, parse_jid
+from xmppd.storage.base import ArchiveQuery
 from xmppd.xml.stanza import add_child, make_error, make_result, payload
 
 NS_INFO = "http://jabber.org/protocol/disco#info"
@@ -25,6 +26,7 @@ NS_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_SELF_PING = "http://jabber.org/protocol/muc#self-ping-optimization"
 NS_CONFERENCE = "jabber:x:conference"
 STORE = "muc_rooms"
+HISTORY = "muc_history"  # archive store: a persistent room's last messages
 ROOMUSER_NODE = "x-roomuser-item"  # s7.12: discovering one's reserved nickname
 MAX_WAITING = 1000  # stanzas held while the stored rooms are read at start
 
@@ -53,7 +55,8 @@ class Service:
             for name in await storage.users(self.domain, STORE):
                 doc = await storage.get(self.domain, STORE, name)
                 try:
-                    self.rooms[name] = self._restore(name, doc)
+                    room = self.rooms[name] = self._restore(name, doc)
+                    await self._restore_history(room)
                 except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
                     # Left in storage untouched, for the operator to repair; the other rooms still load.
                     self.ctx.log.error(
@@ -88,6 +91,23 @@ class Service:
             nicks=doc.get("nicks") or {},
             subject=(subject[0], subject[1]),
         )
+
+    async def _restore_history(self, room: Room) -> None:
+        length = room.history_length
+        if not length:
+            return
+        query = ArchiveQuery(limit=length, reverse=True)
+        page = await self.ctx.server.storage.archive_query(self.domain, HISTORY, room.name, query)
+        room.history.restore([(item.when, item.value) for item in page.items])
+
+    def store_history(self, room: Room, text: str, when: float) -> None:
+        """A persistent room's history is kept in the archive store (its last ``max_history`` messages),
+        so that it outlives a restart; a temporary room's lives in memory only."""
+        if room.config["persistent"]:
+            d = self.ctx.server.storage.archive_append(
+                self.domain, HISTORY, room.name, text, when=when, keep=self.max_history
+            )
+            d.addErrback(lambda f: self.ctx.log.failure("storing history of {room} failed", f, room=room.jid))
 
     def shutdown(self) -> None:
         """The service goes away (unload, shutdown): every occupant is told with status 332 (s15.6.2)."""
@@ -129,6 +149,7 @@ class Service:
             locked=locked,
         )
         self.rooms[name] = room
+        self.save(room)  # persistent by default ([plugins.muc] persistent_rooms): stored from the start
         self.ctx.log.info("{room} created by {creator}", room=room.jid, creator=creator.bare)
         timeout = self.ctx.option("lock_timeout")
         if locked and timeout:
@@ -158,7 +179,11 @@ class Service:
                 self.destroy(room)
 
     def _store(self, name: str, doc: dict[str, Any] | None) -> None:
-        d = self.ctx.server.storage.set(self.domain, STORE, name, doc)
+        """Store a room's state; None forgets the room, its stored history included."""
+        storage = self.ctx.server.storage
+        d = storage.set(self.domain, STORE, name, doc)
+        if doc is None:
+            d.addCallback(lambda _: storage.archive_delete(self.domain, HISTORY, name))
         d.addErrback(lambda f: self.ctx.log.failure("storing room {name} failed", f, name=name))
 
     def emptied(self, room: Room) -> None:

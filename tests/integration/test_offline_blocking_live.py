@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import sqlite3
 import time
 from typing import Any
@@ -53,10 +52,11 @@ async def wait_stored(proc: Any, user: str, count: int, timeout: float = 10) -> 
     while True:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             row = db.execute(
-                "SELECT value FROM keyval WHERE host = 'localhost' AND store = 'offline' AND user = ?",
+                "SELECT count(*) FROM archive"
+                " WHERE host = 'localhost' AND store = 'offline' AND \"user\" = ?",
                 (user,),
             ).fetchone()
-        if row is not None and len(json.loads(row[0])) >= count:
+        if row is not None and row[0] >= count:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} offline message(s) for {user} not stored: {row}")

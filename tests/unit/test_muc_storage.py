@@ -75,3 +75,31 @@ def test_a_room_its_owner_never_configures_is_destroyed_after_the_lock_timeout(m
     assert gone.get("type") == "unavailable" and destroy is not None
     assert "not configured" in destroy.findtext("{http://jabber.org/protocol/muc#user}reason")
     assert error_condition(info(alice, "slow")) == "item-not-found"
+
+
+def test_a_persistent_rooms_history_outlives_a_reload_and_goes_with_the_room(make_xmpp):
+    """History of a persistent room is kept in the archive store (its last max_history messages): after the
+    service restarts, a newcomer still gets it, with its original delay stamps (XEP-0045 s7.2.15)."""
+    server = make_xmpp(
+        options={**QUIET, "muc": {"persistent_rooms": True, "max_history": 3, "default_history": 3}}
+    )
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send(f"<presence to='keep@{SERVICE}/Alice'/>")
+    for n in range(5):
+        alice.send(f"<message to='keep@{SERVICE}' type='groupchat'><body>m{n}</body></message>")
+    server.server.plugins.reload("muc")
+    bob = server.login("bob@localhost/pc", available=True)
+    bob.send(f"<presence to='keep@{SERVICE}/Bob'/>")
+    history = [
+        el for el in bob.drain() if el.tag == "message" and el.find("{urn:xmpp:delay}delay") is not None
+    ]
+    assert [m.findtext("body") for m in history] == ["m2", "m3", "m4"]
+    assert {m.get("from") for m in history} == {f"keep@{SERVICE}/Alice"}
+    found = []
+    server.server.storage.archive_users(SERVICE, "muc_history").addCallback(found.append)
+    assert found == [["keep"]]
+    owner = f"<iq type='set' id='d' to='keep@{SERVICE}'><query xmlns='{NS_OWNER}'><destroy/></query></iq>"
+    alice.drain()  # the 332 of the reload
+    assert alice.request(owner).get("type") == "result"
+    server.server.storage.archive_users(SERVICE, "muc_history").addCallback(found.append)
+    assert found[-1] == []

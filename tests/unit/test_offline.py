@@ -18,6 +18,7 @@ from xmppd.plugins.offline import (
 )
 
 from xmppd.config import DEFAULT_PLUGINS
+from xmppd.storage.base import ArchiveQuery
 from xmppd.testing import parse_pattern
 from xmppd.xml.delay import delay_stamp
 from xmppd.xml.stanza import error_condition
@@ -49,9 +50,12 @@ def bodies(stanzas: list[etree._Element]) -> list[str]:
 
 
 def stored(server: Any, user: str) -> list[str]:
+    """The messages kept for ``user`` (the plugin's archive store), as XML text."""
     result: list[Any] = []
-    server.server.storage.get("localhost", "offline", user).addCallback(result.append)
-    return result[0] or []
+    server.server.storage.archive_query("localhost", "offline", user, ArchiveQuery()).addCallback(
+        result.append
+    )
+    return [item.value for item in result[0].items]
 
 
 # -- storing and delivering (XEP-0160 s2) ----------------------------------------------------------------
@@ -255,14 +259,33 @@ def test_without_the_plugin_the_core_bounces(make_xmpp):
     assert error_condition(alice.next()) == "service-unavailable"
 
 
+def test_messages_stored_before_archives_are_delivered_first_and_moved(server):
+    """An older xmppd kept a user's offline messages as one keyval list; they are delivered, in order, before
+    newer ones, and the list is gone afterwards."""
+    server.adduser("bob@localhost")
+    old = [
+        "<message xmlns='jabber:client' from='carol@localhost/x' to='bob@localhost' type='chat'>"
+        f"<body>old {n}</body></message>"
+        for n in range(2)
+    ]
+    server.server.storage.set("localhost", "offline", "bob", old)
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send(chat("bob@localhost", "new", "n1"))
+    bob = come_online(server, "bob@localhost/pc")
+    assert bodies(bob.drain()) == ["old 0", "old 1", "new"]
+    found: list[Any] = []
+    server.server.storage.get("localhost", "offline", "bob").addCallback(found.append)
+    assert found == [None] and stored(server, "bob") == []
+
+
 # -- storage calls that take time ------------------------------------------------------------------------
 
 
-class SlowStore:
-    """The plugin's store, with every call answered only when the clock moves (like a database)."""
+class SlowArchive:
+    """The plugin's archive, with every call answered only when the clock moves (like a database)."""
 
-    def __init__(self, store: Any, clock: Any) -> None:
-        self.store = store
+    def __init__(self, archive: Any, clock: Any) -> None:
+        self.archive = archive
         self.clock = clock
 
     def _later(self, d: Deferred) -> Deferred:
@@ -270,18 +293,21 @@ class SlowStore:
         d.addCallback(lambda value: self.clock.callLater(0.1, slow.callback, value))
         return slow
 
-    def get(self, user: str) -> Deferred:
-        return self._later(self.store.get(user))
+    def query(self, user: str, query: Any = None) -> Deferred:
+        return self._later(self.archive.query(user, query))
 
-    def set(self, user: str, value: Any) -> Deferred:
-        return self._later(self.store.set(user, value))
+    def append(self, user: str, value: str, **kwargs: Any) -> Deferred:
+        return self._later(self.archive.append(user, value, **kwargs))
+
+    def delete(self, user: str, **kwargs: Any) -> Deferred:
+        return self._later(self.archive.delete(user, **kwargs))
 
 
 def test_messages_arriving_together_are_all_kept_with_slow_storage(server):
     plugin = server.server.plugins.instance("localhost", "offline")
     server.adduser("bob@localhost")
     alice = server.login("alice@localhost/phone", available=True)
-    plugin.store = SlowStore(plugin.store, server.clock)
+    plugin.archive = SlowArchive(plugin.archive, server.clock)
     for n in range(5):
         alice.send(chat("bob@localhost", f"m{n}", str(n)))
     assert len(plugin.queue) == 1  # one account busy, its operations queued
@@ -300,7 +326,7 @@ def test_a_session_that_leaves_before_the_read_finishes_leaves_them_stored(serve
     server.adduser("bob@localhost")
     alice = server.login("alice@localhost/phone", available=True)
     alice.send(chat("bob@localhost", "keep me", "1"))
-    plugin.store = SlowStore(plugin.store, server.clock)
+    plugin.archive = SlowArchive(plugin.archive, server.clock)
     bob = come_online(server, "bob@localhost/pc")
     bob.disconnect()
     server.advance(1)

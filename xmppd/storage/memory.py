@@ -82,6 +82,10 @@ class MemoryStorage:
     ) -> Deferred[str]:
         if not isinstance(value, str):
             raise TypeError("archive items are text")
+        if "\x00" in value:
+            raise ValueError("archive items cannot contain NUL characters")  # PostgreSQL's text cannot
+        if keep is not None and keep < 0:
+            raise ValueError(f"keep must not be negative, got {keep}")
         items = self._archives.setdefault((host, store, user), [])
         item = ArchiveItem(f"{next(self._ids)}", float(when), with_, value)
         items.append(item)

@@ -19,11 +19,13 @@ def matches_with(stored: str | None, wanted: str) -> bool:
 def item_number(item_id: str) -> int | None:
     """Item ids are decimal numbers that increase with insertion (every backend); None for anything else,
     which matches no item."""
-    return int(item_id) if item_id.isdigit() else None
+    return int(item_id) if item_id.isascii() and item_id.isdigit() else None
 
 
 def page_of(items: Iterable[ArchiveItem], query: ArchiveQuery) -> ArchivePage:
-    """The page ``query`` asks for out of ``items`` (oldest first)."""
+    """The page ``query`` asks for out of ``items`` (oldest first). ValueError for a negative limit."""
+    if query.limit is not None and query.limit < 0:
+        raise ValueError(f"limit must not be negative, got {query.limit}")
     chosen = [
         i
         for i in items

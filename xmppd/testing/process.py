@@ -162,6 +162,17 @@ class ServerProcess:
         assert self.process is not None
         self.process.send_signal(signum)
 
+    def kill(self, timeout: float = 15) -> int | None:
+        """SIGKILL the server, as a crash or the OOM killer would (no shutdown code runs), and wait until it
+        is gone. Its data directory stays for the next ``start()``."""
+        if self.process is None:
+            return None
+        self.process.kill()
+        code = self.process.wait(timeout)
+        self._log.close()
+        self.process = None
+        return code
+
     def stop(self, timeout: float = 15) -> int | None:
         if self.process is None:
             return None
