@@ -30,6 +30,9 @@ DEFAULT_PLUGINS = [
     "private",
     "caps",
     "muc",
+    "adhoc",
+    "admin_commands",
+    "webadmin",
 ]
 
 

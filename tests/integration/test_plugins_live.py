@@ -328,7 +328,7 @@ def test_unload_load_and_reload_while_clients_stay_connected(xmpp_process):
             result = await ctl(proc, "plugins", "unload", "disco")
             assert result.returncode == 1
             assert result.stderr.strip() == (
-                "xmppdctl: plugin 'disco' is required by contact_info, caps, muc on localhost;"
+                "xmppdctl: plugin 'disco' is required by contact_info, caps, muc, adhoc on localhost;"
                 " unload those first"
             )
             assert DEFAULT_FEATURES <= await features(alice)
