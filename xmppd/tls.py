@@ -36,9 +36,12 @@ def _covers(cert_path: Path, domains: list[str]) -> bool:
 
 
 def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
-    """Paths of a self-signed certificate and key for ``domains``, generated if missing or stale."""
+    """Paths of a self-signed certificate and key for ``domains``, generated if missing or stale. It also
+    names ``*.<domain>`` for each domain with a dot, so that services on subdomains (the MUC's
+    ``conference.example.org``) are covered too (RFC 6125 s6.4.3: the wildcard is one whole label)."""
     cert_path, key_path = data_dir / SELF_SIGNED_CERT, data_dir / SELF_SIGNED_KEY
-    if cert_path.exists() and key_path.exists() and _covers(cert_path, domains):
+    names = [*domains, *(f"*.{d}" for d in domains if "." in d)]
+    if cert_path.exists() and key_path.exists() and _covers(cert_path, names):
         return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -51,7 +54,7 @@ def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
