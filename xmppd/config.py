@@ -10,6 +10,7 @@ settings live in ``[hosts."example.org"]``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +155,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "logging": {
         "level": Key(str, "info", 'level = "info" (debug, info, warn, error)'),
+        "levels": Key(
+            dict,
+            {},
+            'levels = { "xmppd.plugin.muc" = "debug", "xmppd.s2s" = "warn" } (namespace prefix = level)',
+        ),
+        "format": Key(str, "text", 'format = "text" (twistd\'s lines) or "json" (one JSON object per line)'),
+        "file": Key(str, "", 'file = "/var/log/xmppd/xmppd.log" ("" for twistd\'s log)'),
     },
 }
 
 STORAGE_BACKENDS = ("sqlite", "postgresql", "memory")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass
@@ -213,6 +222,7 @@ class Config:
 
 def _type_name(t: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    names[dict] = "a table"
     if isinstance(t, tuple):
         return " or ".join(names.get(x, x.__name__) for x in t)
     return names.get(t, t.__name__)
@@ -298,13 +308,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
             fix=SCHEMA["storage"]["backend"].fix,
         )
     _check_storage(sections["storage"], path)
-    if sections["logging"]["level"] not in LOG_LEVELS:
-        raise ConfigError(
-            f"unknown level {sections['logging']['level']!r}",
-            path=path,
-            key="[logging] level",
-            fix=SCHEMA["logging"]["level"].fix,
-        )
+    _check_logging(sections["logging"], path)
     tls = sections["tls"]
     if bool(tls["certificate"]) != bool(tls["key"]):
         raise ConfigError(
@@ -362,6 +366,36 @@ def _check_storage(storage: dict[str, Any], path: str | None) -> None:
             key="[storage] dsn",
             fix=SCHEMA["storage"]["dsn"].fix,
         ) from None
+
+
+def _check_logging(logging: dict[str, Any], path: str | None) -> None:
+    """Levels are debug, info, warn or error; ``levels`` maps logger namespaces to levels (nested tables,
+    which unquoted dotted keys such as ``xmppd.s2s = "warn"`` make, are joined back with dots); the format
+    is text or json. Whether ``file`` can be opened is checked when it is opened (xmppd.log)."""
+
+    def fail(problem: str, key: str, fix_of: str) -> ConfigError:
+        return ConfigError(problem, path=path, key=key, fix=SCHEMA["logging"][fix_of].fix)
+
+    if logging["level"] not in LOG_LEVELS:
+        raise fail(f"unknown level {logging['level']!r}", "[logging] level", "level")
+    levels: dict[str, str] = {}
+    pending = [("", logging["levels"])]
+    while pending:
+        prefix, table = pending.pop()
+        for name, value in table.items():
+            namespace = f"{prefix}.{name}" if prefix else name
+            where = f'[logging] levels "{namespace}"'
+            if isinstance(value, dict):
+                pending.append((namespace, value))
+            elif not re.fullmatch(r"[^\s.]+(\.[^\s.]+)*", namespace):
+                raise fail("not a logger namespace (dotted names, no spaces)", where, "levels")
+            elif value not in LOG_LEVELS:
+                raise fail(f"unknown level {value!r}; levels are {', '.join(LOG_LEVELS)}", where, "levels")
+            else:
+                levels[namespace] = value
+    logging["levels"] = levels
+    if logging["format"] not in LOG_FORMATS:
+        raise fail(f"unknown format {logging['format']!r}", "[logging] format", "format")
 
 
 def _parse_plugins(given: Any, path: str | None) -> PluginsConfig:

@@ -5,7 +5,8 @@ process. Without it, the account commands (adduser, deluser, passwd, users) open
 accounts can be prepared before the first start; the others say the server is not running. ``migrate``
 upgrades the storage schema, and only with the server stopped (the server migrates it when it starts).
 ``export`` and ``import`` (XEP-0227 files, xmppd.pie) open the storage directly; import only with the server
-stopped.
+stopped. ``sessions``, ``kick`` and ``announce`` act on the running server only; ``check`` (xmppd.check) reads
+the configuration and the files it names, and works whether or not the server runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from typing import Any
 
@@ -63,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--replace", action="store_true", help="replace existing accounts and all their data")
     imp.add_argument("--dry-run", action="store_true", help="check the file and report, write nothing")
+    sessions = sub.add_parser("sessions", help="list sessions: JID, transport, IP, client, time connected")
+    sessions.add_argument("--domain", help="only this domain (default: every served domain)")
+    kick = sub.add_parser("kick", help="disconnect a session (full JID) or every session of an account")
+    kick.add_argument("jid")
+    kick.add_argument("--reason", help="the text of the stream error the client sees")
+    announce = sub.add_parser("announce", help="send a message to every online user")
+    announce.add_argument("text", help="the message; - reads it from stdin")
+    announce.add_argument("--domain", help="only this domain's users (default: every served domain)")
+    announce.add_argument("--subject", help="the message's subject")
+    sub.add_parser("check", help="check configuration, certificate, DNS and listeners (exit 1 on an error)")
+    for command in sub.choices.values():  # --json after the command too ("xmppdctl sessions --json")
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -78,8 +92,19 @@ def _password(given: str | None) -> str:
     return line.rstrip("\n")
 
 
+def _text(given: str) -> str:
+    """An announcement's text: the argument, or stdin when it is "-"."""
+    return sys.stdin.read().rstrip("\n") if given == "-" else given
+
+
 def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     command = ns.command
+    if command == "sessions":
+        return command, {"domain": ns.domain}
+    if command == "kick":
+        return command, {"jid": ns.jid, **({"reason": ns.reason} if ns.reason else {})}
+    if command == "announce":
+        return command, {"text": _text(ns.text), "domain": ns.domain, "subject": ns.subject}
     if command == "adduser" or command == "passwd":
         return command, {"jid": ns.jid, "password": _password(ns.password)}
     if command == "deluser":
@@ -98,12 +123,15 @@ def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 async def _online(reactor: Any, config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
     from xmppd.server import XMPPServer
 
-    path = str(XMPPServer.control_socket(config).resolve()).replace(":", "\\:")
+    socket = XMPPServer.control_socket(config).resolve()
+    path = str(socket).replace(":", "\\:")
     endpoint = clientFromString(reactor, f"unix:path={path}:timeout=5")
     try:
         proto = await connectProtocol(endpoint, amp.AMP())
     except (ConnectError, OSError) as e:
-        raise NotRunning(str(e)) from None
+        code = getattr(e, "osError", None) or getattr(e, "errno", None)
+        reason = f": {os.strerror(code).lower()}" if isinstance(code, int) else ""
+        raise NotRunning(f"nothing answers on {socket}{reason}") from None
     try:
         answer = await proto.callRemote(Call, command=command, args=json.dumps(args))
     finally:
@@ -223,9 +251,63 @@ async def _pie(reactor: Any, config: Config, ns: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def _print(result: Any, as_json: bool) -> None:
+async def _check(reactor: Any, ns: argparse.Namespace) -> None:
+    """``xmppdctl check``: xmppd.check's findings and whether the server runs; exit status 1 on any error."""
+    from xmppd import check
+
+    report = await check.run_checks(ns.config, reactor)
+    if report.config is not None:
+        try:
+            status = (await _online(reactor, report.config, "status", {})).get("ok") or {}
+        except NotRunning:
+            report.add([check.Result(check.NOTE, "server", "not running (checked the configuration file)")])
+        else:
+            line = f"running for {_duration(status.get('uptime'))}, {status.get('sessions')} session(s)"
+            report.add([check.Result(check.OK, "server", line)])
+    if ns.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    if report.exit_status:
+        raise SystemExit(report.exit_status)
+
+
+def _duration(seconds: float | None) -> str:
+    """``42s``, ``5m 03s``, ``2h 07m``, ``3d 4h``: how long, at a glance."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _sessions_table(sessions: list[dict[str, Any]]) -> list[str]:
+    """``xmppdctl sessions``: one aligned row per session, then how many."""
+    if not sessions:
+        return ["no sessions"]
+    header = ("JID", "TRANSPORT", "IP", "CLIENT", "CONNECTED")
+    rows = [
+        (s["jid"], s["transport"], s["ip"] or "-", s["client"] or "-", _duration(s["connected"]))
+        for s in sessions
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return [*lines, f"{len(rows)} session(s)"]
+
+
+def _print(result: Any, as_json: bool, command: str = "") -> None:
     if as_json:
         print(json.dumps(result, indent=2))
+    elif command == "sessions":
+        print("\n".join(_sessions_table(result)))
     elif isinstance(result, list):
         for row in result:
             if isinstance(row, dict):
@@ -243,6 +325,8 @@ def _print(result: Any, as_json: bool) -> None:
 
 async def _main(reactor: Any, argv: list[str]) -> None:
     ns = _parser().parse_args(argv)
+    if ns.command == "check":
+        return await _check(reactor, ns)
     try:
         config = load(ns.config)
         if ns.command in ("export", "import"):
@@ -252,7 +336,11 @@ async def _main(reactor: Any, argv: list[str]) -> None:
             answer = await _dispatch(reactor, config, command, args)
         except NotRunning as e:
             if command not in OFFLINE_COMMANDS:
-                raise ControlError(f"xmppd is not running ({e}); start it with: twistd -n xmppd") from None
+                start = "twistd -n xmppd" + (f" --config {ns.config}" if ns.config else "")
+                raise ControlError(
+                    f"xmppd is not running ({e}); {ns.command} needs the running server; "
+                    f"start it with: {start}"
+                ) from None
             answer = await _offline(config, command, args)
     except (ConfigError, ControlError) as e:
         print(f"xmppdctl: {e}", file=sys.stderr)
@@ -260,7 +348,7 @@ async def _main(reactor: Any, argv: list[str]) -> None:
     if "error" in answer:
         print(f"xmppdctl: {answer['error']}", file=sys.stderr)
         raise SystemExit(1)
-    _print(answer["ok"], ns.json)
+    _print(answer["ok"], ns.json, command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,9 @@ from xmppd.log import logger, set_level
 from xmppd.plugin import PluginManager
 from xmppd.router import Router
 from xmppd.sessions import SessionManager
+from xmppd.stats import Stats
 from xmppd.storage import StorageError, storage_from_config
+from xmppd.storage.timed import TimedStorage
 from xmppd.stream.c2s import C2SFactory
 
 log = logger("xmppd.server")
@@ -85,7 +87,10 @@ class XMPPServer(MultiService):
         self.hosts: dict[str, Host] = {d: Host(self, d) for d in config.domains}
         self.sessions = SessionManager(config.get("server", "max_sessions_per_user"))
         self.router = Router(self)
-        self.storage = storage or storage_from_config(config)
+        #: Always-on counters (stanzas by transport and kind, authentication failures, logins).
+        self.stats = Stats()
+        #: The backend behind a TimedStorage, which measures latency while an observer is set (metrics).
+        self.storage = TimedStorage(storage or storage_from_config(config))
         self.accounts = Accounts(self.storage)
         self.streams: set = set()
         from xmppd.stream.base import ConnectionLimiter
@@ -292,6 +297,7 @@ class XMPPServer(MultiService):
 
     def session_started(self, session: Any) -> None:
         session.bound_at = self.clock.seconds()  # for `xmppdctl sessions` and the admin interfaces
+        self.stats.session_started(session.kind)
         self.hosts[session.host].bus.fire("session-started", SessionEvent(session))
 
     def session_ended(self, session: Any) -> None:
@@ -338,12 +344,18 @@ class XMPPServer(MultiService):
         A bad file is reported and changes nothing. Domains, listeners, TLS and storage need a restart.
         """
         from xmppd.config import load
+        from xmppd.log import LogSettings
 
         if self.config.path is None:
             return []
         try:
             new = load(self.config.path)
-            changes = self.plugins.apply_config(new)
+            logging = LogSettings(new)  # opens [logging] file first: one it cannot open changes nothing
+            try:
+                changes = self.plugins.apply_config(new)
+            except ConfigError:
+                logging.discard()
+                raise
         except ConfigError as e:
             log.error("configuration not reloaded: {error}", error=str(e))
             raise
@@ -353,7 +365,7 @@ class XMPPServer(MultiService):
         self.config.plugins = new.plugins
         self.config.hosts = new.hosts
         self.config.sections["logging"] = new.sections["logging"]
-        set_level(new.get("logging", "level"))
+        logging.apply()
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no plugin changes")
         return changes
 

@@ -406,13 +406,15 @@ class AdminResource(Resource):
     ) -> tuple[str, str, str]:
         result = await self.commands.run(command, args)
         ok = "ok" in result
+        # A refused password's error quotes the character it refused, and where: not for the log.
+        outcome = "done" if ok else "refused" if "password" in args else result["error"]
         self.log.info(
             "web admin: {admin} from {ip}: {command} {target}: {outcome}",
             admin=session.jid,
             ip=client_ip(request),
             command=command,
             target=target,
-            outcome="done" if ok else result["error"],
+            outcome=outcome,
         )
         return ("ok", str(result["ok"]), back) if ok else ("error", str(result["error"]), back)
 

@@ -71,6 +71,8 @@ class C2SStream(XMLStream):
         self._sasl: SASLNegotiation | None = None
         self._auth_failures = 0
         self._auth_timer = None
+        # server.stats counters of this transport (xmppd.stats), kind -> count
+        self._stanzas_in, self._stanzas_out = server.stats.stanza_counters(self.kind)
         self._parser = self._new_parser()
 
     # -- connection ----------------------------------------------------------------------------------------
@@ -114,6 +116,9 @@ class C2SStream(XMLStream):
 
     def send(self, stanza: etree._Element) -> None:
         """Deliver a stanza or stream-level element to the client."""
+        counts, tag = self._stanzas_out, stanza.tag
+        if tag in counts:  # a stanza, not a stream-level element
+            counts[tag] += 1
         self._write(self.frame_element(stanza))
 
     # Framing: how the stream looks on the wire. A TCP stream is one XML document (RFC 6120 s4); web
@@ -202,14 +207,16 @@ class C2SStream(XMLStream):
 
     def _element(self, el: etree._Element) -> None:
         if self.bound:
-            if el.tag == "iq" and _is_session_iq(el, self.host):
-                self.send(make_result(el))  # RFC 3921 s3: legacy clients send it after binding
-            elif el.tag in STANZA_KINDS:
-                self.server.router.process(self, el)
-            else:
+            counts, tag = self._stanzas_in, el.tag
+            if tag not in counts:  # keyed by the stanza kinds
                 raise StreamError(
                     "unsupported-stanza-type", f"<{etree.QName(el).localname}/> is not a stanza"
                 )
+            counts[tag] += 1
+            if tag == "iq" and _is_session_iq(el, self.host):
+                self.send(make_result(el))  # RFC 3921 s3: legacy clients send it after binding
+            else:
+                self.server.router.process(self, el)
             return
         ns = etree.QName(el).namespace
         if ns == NS_TLS:
@@ -280,6 +287,7 @@ class C2SStream(XMLStream):
 
     def _auth_failed(self, condition: str) -> None:
         self._auth_failures += 1
+        self.server.stats.auth_failed(self._sasl.mechanism if self._sasl else None, condition)
         self.server.fire_global("authentication-failed", self)
         if self._auth_failures >= self.server.config.get("server", "max_failed_auth"):
             # RFC 6120 s6.4.5: a configurable number of retries, then close.

@@ -118,6 +118,8 @@ class ComponentStream(XMLStream):
         self._auth_timer = None
         self._disco_entry: tuple[str, str | None, str] | None = None
         self._disco_host: str | None = None
+        # server.stats counters of components (xmppd.stats), kind -> count
+        self._stanzas_in, self._stanzas_out = server.stats.stanza_counters(self.kind)
         self._parser = StreamParser(
             self._stream_start,
             self._element,
@@ -154,6 +156,9 @@ class ComponentStream(XMLStream):
 
     def send(self, el: etree._Element) -> None:
         """Write a stanza or stream-level element to the component."""
+        counts, tag = self._stanzas_out, el.tag
+        if tag in counts:  # a stanza, not a stream-level element (the handshake)
+            counts[tag] += 1
         self._write(serialize(el))
 
     def deliver(self, stanza: etree._Element) -> None:
@@ -210,6 +215,7 @@ class ComponentStream(XMLStream):
                 raise StreamError("not-authorized", "send the handshake first (XEP-0114 s3)")
             self._handshake(el)
         elif el.tag in STANZA_KINDS:
+            self._stanzas_in[el.tag] += 1
             self._stanza(el)
         else:
             raise StreamError("unsupported-stanza-type", f"<{etree.QName(el).localname}/> is not a stanza")

@@ -98,6 +98,8 @@ class S2SStream(XMLStream):
         self.peer = ""
         self._parser = self._new_parser()
         self._idle_timer: Any = None
+        # server.stats counters of s2s streams (xmppd.stats), kind -> count
+        self._stanzas_in, self._stanzas_out = self.server.stats.stanza_counters("s2s")
 
     def _new_parser(self) -> StreamParser:
         return StreamParser(
@@ -147,6 +149,9 @@ class S2SStream(XMLStream):
 
     def send(self, el: etree._Element) -> None:
         if not self.closed:
+            counts, tag = self._stanzas_out, el.tag
+            if tag in counts:  # a stanza, not a stream-level element
+                counts[tag] += 1
             self.touch()
             self.transport.write(serialize(el))
 
@@ -304,7 +309,9 @@ class IncomingS2S(S2SStream):
         ):
             # RFC 6120 s5.3.1: with TLS mandatory, nothing but STARTTLS is accepted before it.
             raise StreamError("policy-violation", "STARTTLS is required")
-        if el.tag in STANZA_KINDS:
+        counts, tag = self._stanzas_in, el.tag
+        if tag in counts:  # keyed by the stanza kinds
+            counts[tag] += 1
             self._stanza(el)
             return
         if ns == NS_TLS:
@@ -353,6 +360,7 @@ class IncomingS2S(S2SStream):
         self._restart()
 
     def _sasl_failure(self, condition: str) -> None:
+        self.server.stats.auth_failed("EXTERNAL", condition)
         failure = etree.Element(f"{{{NS_SASL}}}failure", nsmap={None: NS_SASL})
         add_child(failure, NS_SASL, condition)
         self.send(failure)
@@ -384,6 +392,7 @@ class IncomingS2S(S2SStream):
                 log.info("s2s in {peer}: {remote} authenticated with dialback", peer=self.peer, remote=remote)
             else:
                 log.info("s2s in {peer}: dialback key of {remote} is invalid", peer=self.peer, remote=remote)
+                self.server.stats.auth_failed("dialback", "not-authorized")
                 self.close("not-authorized", "dialback failed")
 
         def failed(failure: Any) -> None:

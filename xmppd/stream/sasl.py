@@ -56,6 +56,7 @@ class SASLNegotiation:
         self.on_failure = on_failure
         self._scram: ScramServer | None = None
         self._user_name: str | None = None  # the SCRAM user once known (None: unknown account)
+        self.mechanism: str | None = None  # the offered mechanism of the latest <auth/> (for server.stats)
         self.busy = False  # an answer is being computed; the stream holds further input
 
     # -- features ----------------------------------------------------------------------------------------
@@ -98,7 +99,9 @@ class SASLNegotiation:
             raise SASLError("malformed-request", "an exchange is already running")
         mechanism = el.get("mechanism") or ""
         if mechanism not in self.mechanisms():
+            self.mechanism = None
             raise SASLError("invalid-mechanism")
+        self.mechanism = mechanism
         data = _decode(el.text)
         if mechanism == "PLAIN":
             self._run(self._plain(data))
