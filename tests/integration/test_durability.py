@@ -28,22 +28,14 @@ import pytest
 from slixclient import DEFAULT_PLUGINS as CLIENT_PLUGINS
 from slixclient import TIMEOUT, Client, Clients, run, within
 
-from xmppd.config import DEFAULT_PLUGINS, STORAGE_BACKENDS
+from xmppd.config import DEFAULT_PLUGINS
+from xmppd.testing.postgres import POSTGRES_DSN, fresh_schema, postgres_unreachable
 from xmppd.testing.process import ServerProcess
 
 NS_ROSTER = "jabber:iq:roster"
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 USERS = {"alice@localhost": "alice-pw", "bob@localhost": "bob-pw"}
 
-BACKENDS = [
-    "sqlite",
-    pytest.param(
-        "postgresql",
-        marks=pytest.mark.skipif(
-            "postgresql" not in STORAGE_BACKENDS, reason="xmppd has no PostgreSQL storage backend yet"
-        ),
-    ),
-]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 # -- storage ---------------------------------------------------------------------------------------------
@@ -52,12 +44,12 @@ BACKENDS = [
 class Storage:
     """The ``[storage]`` section of one test's server, and a read-only look into what it has committed."""
 
-    def __init__(self, backend: str, schema: str | None = None) -> None:
+    def __init__(self, backend: str, schema: str | None = None, dsn: str | None = None) -> None:
         self.backend = backend
         self.schema = schema
         self.section: dict[str, Any] = {"backend": backend}
-        if schema is not None:
-            self.section["dsn"] = f"{PG_DSN} options=-csearch_path={schema}"
+        if dsn is not None:
+            self.section["dsn"] = dsn
 
     def holds(self, proc: ServerProcess, text: str) -> bool:
         """Whether some committed row of any table of the server's database contains ``text`` (the tests
@@ -77,7 +69,7 @@ class Storage:
         import psycopg
         from psycopg import sql
 
-        with psycopg.connect(PG_DSN) as db:
+        with psycopg.connect(POSTGRES_DSN) as db:
             tables = [
                 r[0]
                 for r in db.execute(
@@ -105,18 +97,11 @@ def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
     if request.param == "sqlite":
         yield Storage("sqlite")
         return
-    import psycopg
-    from psycopg import sql
-
-    schema = f"durability_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_DSN, autocommit=True) as db:
-        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield Storage("postgresql", schema)
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as db:
-            db.execute("SET lock_timeout = '10s'")
-            db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    with fresh_schema("durability") as (schema, dsn):
+        yield Storage("postgresql", schema, dsn)
 
 
 @pytest.fixture

@@ -8,42 +8,26 @@ each test uses a schema of its own. Those tests skip, saying why, only when noth
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from xmppd.testing.postgres import fresh_schema, postgres_unreachable
 from xmppd.testing.process import TWISTD, ServerProcess
-
-POSTGRES_DSN = os.environ.get("XMPPD_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 
 @pytest.fixture
 def postgres_dsn() -> Iterator[str]:
     """A dsn whose search_path is a schema of its own, dropped after the test."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(POSTGRES_DSN)
-    host, port = params.get("host", "127.0.0.1"), int(params.get("port", 5432))
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as e:
-        pytest.skip(f"no PostgreSQL answers at {host}:{port} ({e}); start one or set XMPPD_TEST_POSTGRES_DSN")
-    schema = f"xmppd_live_{uuid.uuid4().hex}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_conninfo(POSTGRES_DSN, options=f"-csearch_path={schema}")
-    finally:
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    with fresh_schema("xmppd_live") as (_, dsn):
+        yield dsn
 
 
 def run_twistd(server: ServerProcess, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -17,15 +17,13 @@ nothing answers at that address; a server that answers but refuses us fails them
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -38,10 +36,10 @@ from xmppd.storage import StorageError, open_storage
 from xmppd.storage.base import ArchiveItem, ArchivePage, ArchiveQuery, SchemaError
 from xmppd.storage.memory import MemoryStorage
 from xmppd.storage.paging import page_of
+from xmppd.testing.postgres import POSTGRES_DSN, fresh_schema, postgres_unreachable
 
 ALL = ("memory", "sqlite", "postgresql")
 SQL = ("sqlite", "postgresql")
-POSTGRES_DSN = os.environ.get("XMPPD_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 # The schema of version 1, as the code before migrations created it (xmppd/storage/sqlite.py, schema 1).
 V1_SCHEMA = [
@@ -928,49 +926,15 @@ react(lambda reactor: ensureDeferred(main(reactor)))
 """
 
 
-class database:
+@contextmanager
+def database(kind: str, directory: Path) -> Iterator[Backend]:
     """``with database(kind, directory) as backend``: a Backend on fresh data (for PostgreSQL, a schema
     of its own, dropped afterwards)."""
-
-    def __init__(self, kind: str, directory: Path) -> None:
-        self.kind = kind
-        self.directory = directory
-        self.schema = f"xmppd_test_{uuid.uuid4().hex}"
-
-    def __enter__(self) -> Backend:
-        if self.kind != "postgresql":
-            return Backend(self.kind, self.directory)
-        import psycopg
-        from psycopg.conninfo import make_conninfo
-
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{self.schema}"')
-        return Backend(
-            self.kind, self.directory, make_conninfo(POSTGRES_DSN, options=f"-csearch_path={self.schema}")
-        )
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.kind == "postgresql":
-            import psycopg
-
-            with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
-
-
-def postgres_unreachable() -> str | None:
-    """Why PostgreSQL tests cannot run (nothing answers at the test DSN's address), or None."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(POSTGRES_DSN)
-    host, port = params.get("host", "127.0.0.1"), int(params.get("port", 5432))
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as e:
-        return (
-            f"no PostgreSQL answers at {host}:{port} ({e}); start one (.ci/run does when it runs as root)"
-            " or set XMPPD_TEST_POSTGRES_DSN"
-        )
-    return None
+    if kind != "postgresql":
+        yield Backend(kind, directory)
+        return
+    with fresh_schema(dsn=POSTGRES_DSN) as (_, dsn):
+        yield Backend(kind, directory, dsn)
 
 
 @cache
