@@ -26,6 +26,7 @@ from xmppd.config import Config, ConfigError
 from xmppd.delivery import CoreDelivery
 from xmppd.events import EventBus
 from xmppd.log import logger, set_level
+from xmppd.net import write_through_reactor
 from xmppd.plugin import PluginManager
 from xmppd.router import Router
 from xmppd.sessions import SessionManager
@@ -200,7 +201,7 @@ class XMPPServer(MultiService):
             return ConfigError(problem, path=self.config.path, key=f"[listen] {kind}", fix=fix)
 
         try:
-            endpoint = serverFromString(self.reactor, desc)
+            endpoint = serverFromString(write_through_reactor(self.reactor), desc)
         except (ValueError, KeyError, TypeError) as e:
             raise fail(
                 f"bad endpoint description {desc!r} ({e})",
