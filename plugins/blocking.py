@@ -344,9 +344,14 @@ class Blocking(Plugin):
     def inbound(self, event: StanzaEvent) -> Any:
         """A stanza to a local account: blocked if the account blocks the sender (s3.3), or if it is
         presence the server produced for a local user who blocks the recipient."""
+        local = event.to.local
+        if local is None:
+            return None
+        if not self._cache.get(local, True) and (event.origin is not None or event.kind != "presence"):
+            return None  # the fast path: an online user who blocks nobody (checked per delivery)
         owner = event.to.bare
         sender = event.from_
-        if owner.local is None or sender.bare == owner:
+        if sender.bare == owner:
             return None
         if sender.local is None and sender.domain == owner.domain:
             return None  # the user's own server
@@ -372,8 +377,10 @@ class Blocking(Plugin):
     def outbound(self, event: StanzaEvent) -> Any:
         """A stanza the user's client sends to a JID it blocked (s3.3): not routed."""
         session = event.origin
+        if session is None or not self._cache.get(event.from_.local, True):
+            return None  # not a client's stanza, or the fast path: a sender who blocks nobody
         owner = event.from_.bare
-        if session is None or event.stanza.get("to") is None or event.to.bare == owner:
+        if event.stanza.get("to") is None or event.to.bare == owner:
             return None
         if event.to.local is None and event.to.domain == owner.domain:
             return None  # the user's own server stays reachable

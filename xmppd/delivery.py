@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 from twisted.internet.defer import Deferred
 
-from xmppd.events import EventBus
+from xmppd.events import EventBus, is_deferred
 from xmppd.router import StanzaEvent
 from xmppd.xml.stanza import copy_stanza
 
@@ -70,7 +70,7 @@ class CoreDelivery:
             return self._error(event, "service-unavailable")
 
         exists = self._exists(event)
-        if isinstance(exists, Deferred):
+        if is_deferred(exists):
             return exists.addCallback(decide)
         return decide(exists)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 from twisted.internet.defer import Deferred, fail
 
-from xmppd.events import EventBus, HandlerFailure
+from xmppd.events import EventBus, HandlerFailure, is_deferred
 from xmppd.jid import JID, JIDError, parse_jid
 from xmppd.log import logger
 from xmppd.xml.stanza import (
@@ -228,7 +228,7 @@ class Router:
         while index < len(steps):
             bus, name = steps[index]
             result = bus.fire(name, event)
-            if isinstance(result, Deferred):
+            if is_deferred(result):
                 result.addCallback(self._after_async, steps, index, event)
                 result.addErrback(
                     lambda f: log.failure("routing {stanza_event} failed", f, stanza_event=event)

@@ -642,6 +642,18 @@ class StreamParser:
         ``_top_state`` (and ``_term``, ``_carry``) for it and return its index, or -1."""
         first = -1
         state = _QUIET
+        if data.find(b"<!", start) < 0 and data.find(b"<?", start) < 0 and data.find(b"&", start) < 0:
+            # The common case, stanzas and nothing else: only the newest tag can be unfinished.
+            lt = data.rfind(b"<", start)
+            if lt >= 0:
+                if lt + 1 == len(data):
+                    first, state, self._carry = lt, _PARTIAL, b"<"  # "<!--" may follow, or a tag
+                else:
+                    tag_state, end = _scan_tag(data, lt + 1, _IN_TAG)
+                    if end < 0:
+                        first, state = lt, tag_state
+            self._top_state = state
+            return first
         # "]]>" cannot occur in character data, so whatever precedes the last one may be CDATA
         # content, where "<!--", "<?" and "&" mean nothing.
         cdata_end = data.rfind(b"]]>", start)
