@@ -152,6 +152,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             str, "", 'dsn = "postgresql://xmppd@localhost:5432/xmppd" (only with backend = "postgresql")'
         ),
         "pool_size": Key(int, 5, "pool_size = 5 (PostgreSQL connections)", minimum=1),
+        "cache_mb": Key(
+            int, 16, "cache_mb = 16 (MiB of account documents kept in memory; 0: none)", minimum=0
+        ),
     },
     "logging": {
         "level": Key(str, "info", 'level = "info" (debug, info, warn, error)'),

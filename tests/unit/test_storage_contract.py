@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from xmppd.storage import StorageError, open_storage
 from xmppd.storage.base import ArchiveItem, ArchivePage, ArchiveQuery, SchemaError
+from xmppd.storage.cache import MIB, DocumentCache
 from xmppd.storage.memory import MemoryStorage
 from xmppd.storage.paging import page_of
 from xmppd.testing.postgres import POSTGRES_DSN, fresh_schema, postgres_unreachable
@@ -70,10 +71,14 @@ class Backend:
         if self.kind == "sqlite":
             from xmppd.storage.sqlite import SQLiteStorage
 
-            return SQLiteStorage(self.path)
-        from xmppd.storage.postgresql import PostgreSQLStorage
+            storage = SQLiteStorage(self.path)
+        else:
+            from xmppd.storage.postgresql import PostgreSQLStorage
 
-        return PostgreSQLStorage(self.dsn, pool_size=4)
+            storage = PostgreSQLStorage(self.dsn, pool_size=4)
+        # As the server runs them (storage_from_config): every check also checks the document cache.
+        storage.cache = DocumentCache(MIB)
+        return storage
 
     async def open(self) -> Any:
         storage = self.storage()
@@ -149,6 +154,52 @@ async def keyval_set_get_delete(backend: Backend) -> None:
         await storage.set("localhost", "falsy", user, value)
         got = await storage.get("localhost", "falsy", user)
         assert got == value and type(got) is type(value), user
+
+
+@check("sqlite", "postgresql")
+async def keyval_document_cache_is_never_older_than_the_database(backend: Backend) -> None:
+    """The SQL backends' document cache (xmppd.storage.cache): hits answer without the database, and no
+    interleaving of reads and writes leaves a value older than the last write in it."""
+    storage = await backend.open()
+    cache = storage.cache
+    await storage.set("localhost", "notes", "alice", {"n": 1})
+    hits = cache.hits
+    assert await storage.get("localhost", "notes", "alice") == {"n": 1}
+    assert cache.hits == hits + 1  # the committed write was cached
+    value = await storage.get("localhost", "notes", "alice")
+    value["n"] = 99  # the caller's copy: the cache keeps its text
+    assert await storage.get("localhost", "notes", "alice") == {"n": 1}
+    # A write asked for while a read is in flight: the read may answer either, the cache must not keep it.
+    reading = storage.get("localhost", "notes", "bob")
+    writing = storage.set("localhost", "notes", "bob", {"n": 2})
+    await reading
+    await writing
+    assert await storage.get("localhost", "notes", "bob") == {"n": 2}
+    # Two writes in a row: the first one's completion must not cache its (older) value.
+    first = storage.set("localhost", "notes", "alice", {"n": 3})
+    second = storage.set("localhost", "notes", "alice", {"n": 4})
+    await first
+    assert await storage.get("localhost", "notes", "alice") == {"n": 4}
+    await second
+    assert await storage.get("localhost", "notes", "alice") == {"n": 4}
+    await storage.set("localhost", "notes", "alice", None)
+    assert await storage.get("localhost", "notes", "alice") is None
+    hits = cache.hits
+    assert await storage.get("localhost", "notes", "nobody") is None
+    assert await storage.get("localhost", "notes", "nobody") is None
+    assert cache.hits == hits + 1  # absence is cached too
+    await storage.set("localhost", "notes", "nobody", {"n": 0})
+    assert await storage.get("localhost", "notes", "nobody") == {"n": 0}
+    await storage.set("localhost", "notes", "carol", {"n": 5})
+    await storage.get("localhost", "notes", "carol")
+    await storage.purge_user("localhost", "carol")
+    assert await storage.get("localhost", "notes", "carol") is None
+    # What another program writes while the storage is closed is seen after a reopen.
+    await storage.set("localhost", "notes", "dave", {"n": 6})
+    await backend.close()
+    backend.execute(['UPDATE keyval SET value = ? WHERE "user" = ?'], ('{"n": 7}', "dave"))
+    storage = await backend.open()
+    assert await storage.get("localhost", "notes", "dave") == {"n": 7}
 
 
 @check()
@@ -1119,8 +1170,10 @@ def test_storage_config_picks_the_backend(tmp_path):
     assert storage.dialect.pool_size == 3
     assert storage.dialect.describe() == "the PostgreSQL database postgresql://xmppd@db.example:6543/chat"
     defaults = storage_config()
-    assert defaults.sections["storage"] == {"backend": "sqlite", "dsn": "", "pool_size": 5}
+    assert defaults.sections["storage"] == {"backend": "sqlite", "dsn": "", "pool_size": 5, "cache_mb": 16}
     assert isinstance(storage_from_config(defaults), SQLiteStorage)
+    assert storage_from_config(defaults).cache.max_bytes == 16 * 1024 * 1024
+    assert storage_from_config(storage_config(cache_mb=0)).cache.max_bytes == 0
     assert isinstance(storage_from_config(storage_config(backend="memory")), MemoryStorage)
     with pytest.raises(StorageError, match="dsn"):
         open_storage("postgresql", tmp_path)
@@ -1131,7 +1184,7 @@ def test_example_configuration_documents_the_storage_keys():
 
     path = Path(__file__).resolve().parents[2] / "etc" / "xmppd.toml"
     config = load(str(path))
-    assert config.sections["storage"] == {"backend": "sqlite", "dsn": "", "pool_size": 5}
+    assert config.sections["storage"] == {"backend": "sqlite", "dsn": "", "pool_size": 5, "cache_mb": 16}
     text = path.read_text()
     for key in SCHEMA["storage"]:
         assert f"\n{key} = " in text, key

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xmppd.storage.base import KeyValueStorage, SchemaError, StorageError
+from xmppd.storage.cache import MIB, DocumentCache
 
 __all__ = ["KeyValueStorage", "SchemaError", "StorageError", "open_storage", "storage_from_config"]
 
@@ -37,6 +38,9 @@ def open_storage(backend: str, data_dir: Path, *, dsn: str = "", pool_size: int 
 def storage_from_config(config: Any) -> KeyValueStorage:
     """The storage a configuration's ``[storage]`` section describes."""
     section = config.sections["storage"]
-    return open_storage(
+    storage = open_storage(
         section["backend"], config.data_dir, dsn=section["dsn"], pool_size=section["pool_size"]
     )
+    if hasattr(storage, "cache"):  # the SQL backends (xmppd.storage.cache)
+        storage.cache = DocumentCache(section["cache_mb"] * MIB)
+    return storage

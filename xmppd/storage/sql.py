@@ -20,12 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from xmppd.log import logger
 from xmppd.storage import migrations
 from xmppd.storage.base import ArchiveItem, ArchivePage, ArchiveQuery, StorageError
+from xmppd.storage.cache import ABSENT, DocumentCache
 from xmppd.storage.paging import item_number
 
 log = logger("xmppd.storage")
@@ -96,6 +97,8 @@ class SQLStorage:
         self._pool: adbapi.ConnectionPool | None = None
         self._in_flight: set[Deferred] = set()
         self._writes_done: Deferred[None] | None = None  # fires when the last write asked for has finished
+        #: Keyval documents kept in memory (xmppd.storage.cache); off unless given a budget.
+        self.cache = DocumentCache()
         #: The schema version found at start() and the one it was migrated to.
         self.schema_from: int | None = None
         self.schema_version: int | None = None
@@ -150,6 +153,7 @@ class SQLStorage:
             self._pool.close()
             self._pool = None
         self._writes_done = None
+        self.cache.clear()
 
     # -- running queries ---------------------------------------------------------------------------------
 
@@ -205,18 +209,35 @@ class SQLStorage:
     # -- keyval ------------------------------------------------------------------------------------------
 
     def get(self, host: str, store: str, user: str) -> Deferred[Any | None]:
-        return self._read(self._get, host, store, user)
+        key = (host, store, user)
+        text = self.cache.get(key) if self._pool is not None else None
+        if text is not None:
+            return succeed(json.loads(text) if text else None)  # "" is ABSENT
+        d = self._read(self._get, host, store, user)
+        return d.addCallback(self._got, key, self.cache.generation)
 
-    def _get(self, txn: Any, host: str, store: str, user: str) -> Any | None:
+    def _got(self, text: str | None, key: tuple[str, str, str], generation: int) -> Any | None:
+        self.cache.put(key, ABSENT if text is None else text, generation)
+        return None if text is None else json.loads(text)
+
+    def _get(self, txn: Any, host: str, store: str, user: str) -> str | None:
         txn.execute(
             self.dialect.sql('SELECT value FROM keyval WHERE host = ? AND store = ? AND "user" = ?'),
             (host, store, user),
         )
         row = txn.fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else row[0]
 
     def set(self, host: str, store: str, user: str, value: Any | None) -> Deferred[None]:
-        return self._write(self._set, host, store, user, None if value is None else _json(value))
+        raw = None if value is None else _json(value)
+        key = (host, store, user)
+        generation = self.cache.writing(key)
+        d = self._write(self._set, host, store, user, raw)
+        return d.addCallback(self._wrote, key, ABSENT if raw is None else raw, generation)
+
+    def _wrote(self, result: None, key: tuple[str, str, str], raw: str, generation: int) -> None:
+        self.cache.put(key, raw, generation)
+        return result
 
     def _set(self, txn: Any, host: str, store: str, user: str, raw: str | None) -> None:
         if raw is None:
@@ -245,6 +266,7 @@ class SQLStorage:
         return sorted(row[0] for row in txn.fetchall())
 
     def purge_user(self, host: str, user: str) -> Deferred[None]:
+        self.cache.writing_user(host, user)
         return self._write(self._purge_user, host, user)
 
     def _purge_user(self, txn: Any, host: str, user: str) -> None:
