@@ -251,6 +251,7 @@ class EntityCapabilities(Plugin):
         self._known: dict[str, tuple[DiscoInfo, bool]] = {}  # session id -> what its caps stand for
         self._queries: dict[str, _Query] = {}  # key -> query, coalescing clients with the same ver
         self._unverified = 0  # queries for hashes we do not implement, in flight
+        self._own: tuple[bytes, tuple[str, etree._Element] | None] | None = None  # (query's XML, own_caps)
         self._asking: dict[JID, int] = {}  # account -> its unanswered queries
         ctx.add_feature(NS_CAPS)
         # Above the filters and the presence plugin: presence they stop still tells what the client can do.
@@ -510,11 +511,22 @@ class EntityCapabilities(Plugin):
         """The domain's verification string and the query it covers; None if the data is ill-formed
         (two plugins adding forms of one FORM_TYPE)."""
         query = self.own_query()
+        # The hash is worked out again only when the query changed (a plugin loaded or unloaded): every
+        # login is offered it.
+        xml = etree.tostring(query)
+        if self._own is not None and self._own[0] == xml:
+            cached = self._own[1]
+            return None if cached is None else (cached[0], query)
         try:
-            return DiscoInfo.from_query(query).verification_string(SERVER_HASH), query
+            own: tuple[str, etree._Element] | None = (
+                DiscoInfo.from_query(query).verification_string(SERVER_HASH),
+                query,
+            )
         except IllFormed as e:
             self.ctx.log.debug("no caps for {domain}: {error}", domain=self.ctx.domain, error=str(e))
-            return None
+            own = None
+        self._own = (xml, own)
+        return own
 
     def on_stream_features(self, event: Any) -> None:
         """s6.3: offered once the client has authenticated, the only time it can act on it."""

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lxml import etree
-from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.defer import Deferred, DeferredLock, fail, gatherResults
 
 from xmppd.plugin import Context, Option, Plugin
 from xmppd.router import StanzaEvent
@@ -129,6 +129,24 @@ class OfflineMessages(Plugin):
         self.archive = ctx.archive()
         self.legacy = ctx.store()  # before archives existed: one keyval list per user, moved on first use
         self.queue = KeyedSerializer()
+        # Who has messages waiting, and who has an old list, listed once at start and kept up to date
+        # here: the initial presence of a user with nothing waiting then costs no storage read. None until
+        # listed; users given messages meanwhile are remembered in _early.
+        self._waiting: set[str] | None = None
+        self._legacy_users: set[str] | None = None
+        self._early: set[str] = set()
+        gatherResults([self.archive.users(), self.legacy.users()], consumeErrors=True).addCallbacks(
+            self._listed, lambda f: ctx.log.failure("listing stored offline messages failed", f)
+        )
+
+    def _listed(self, results: list[list[str]]) -> None:
+        archived, legacy = results
+        self._legacy_users = set(legacy)
+        self._waiting = {*archived, *legacy, *self._early}
+        self._early.clear()
+
+    def _may_have_messages(self, user: str) -> bool:
+        return self._waiting is None or user in self._waiting
 
     # -- storing ---------------------------------------------------------------------------------------
 
@@ -167,6 +185,7 @@ class OfflineMessages(Plugin):
         message.tail = None
         add_delay(message, self.ctx.domain, now, "Offline Storage")
         await self.archive.append(user, serialize(message).decode("utf-8"), when=now, with_=str(event.from_))
+        (self._early if self._waiting is None else self._waiting).add(user)
         self.ctx.log.debug(
             "stored an offline message for {user} from {sender}", user=event.to.bare, sender=event.from_
         )
@@ -174,6 +193,8 @@ class OfflineMessages(Plugin):
 
     async def _move_legacy(self, user: str) -> None:
         """Messages stored by xmppd before archives (a keyval list) move to the archive, in order."""
+        if self._legacy_users is not None and user not in self._legacy_users:
+            return  # the common case: nothing was ever stored the old way for this user
         legacy: list[str] | None = await self.legacy.get(user)
         if not legacy:
             return
@@ -185,6 +206,8 @@ class OfflineMessages(Plugin):
                 sender = None
             await self.archive.append(user, text, when=now, with_=sender)
         await self.legacy.set(user, None)
+        if self._legacy_users is not None:
+            self._legacy_users.discard(user)
 
     # -- delivering ------------------------------------------------------------------------------------
 
@@ -217,10 +240,16 @@ class OfflineMessages(Plugin):
 
     async def _deliver(self, session: Any) -> None:
         user = session.jid.local
+        if not self._may_have_messages(user):
+            return
         await self._move_legacy(user)
         page = await self.archive.query(user)
-        if not page.items or not self._eligible(session):
-            return  # nothing, or the session went away meanwhile: keep them for the next one
+        if not page.items:
+            if self._waiting is not None and page.complete:
+                self._waiting.discard(user)
+            return
+        if not self._eligible(session):
+            return  # the session went away meanwhile: keep them for the next one
         for item in page.items:
             try:
                 message = parse_stanza(item.value)
@@ -231,6 +260,8 @@ class OfflineMessages(Plugin):
                 continue
             session.send(message)
         await self.archive.delete(user, ids=[item.id for item in page.items])
+        if self._waiting is not None and page.complete:
+            self._waiting.discard(user)  # all delivered (appends wait for us in the per-user queue)
         self.ctx.log.info(
             "delivered {count} offline message(s) to {jid}", count=len(page.items), jid=session.jid
         )

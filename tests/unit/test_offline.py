@@ -19,6 +19,7 @@ from xmppd.plugins.offline import (
 
 from xmppd.config import DEFAULT_PLUGINS
 from xmppd.storage.base import ArchiveQuery
+from xmppd.storage.memory import MemoryStorage
 from xmppd.testing import parse_pattern
 from xmppd.xml.delay import delay_stamp
 from xmppd.xml.stanza import error_condition
@@ -259,16 +260,20 @@ def test_without_the_plugin_the_core_bounces(make_xmpp):
     assert error_condition(alice.next()) == "service-unavailable"
 
 
-def test_messages_stored_before_archives_are_delivered_first_and_moved(server):
+def test_messages_stored_before_archives_are_delivered_first_and_moved(make_xmpp):
     """An older xmppd kept a user's offline messages as one keyval list; they are delivered, in order, before
-    newer ones, and the list is gone afterwards."""
-    server.adduser("bob@localhost")
+    newer ones, and the list is gone afterwards. The plugin lists such users once when it loads, so users
+    without a list cost no storage read at login."""
+    storage = MemoryStorage()
+    storage.start()
     old = [
         "<message xmlns='jabber:client' from='carol@localhost/x' to='bob@localhost' type='chat'>"
         f"<body>old {n}</body></message>"
         for n in range(2)
     ]
-    server.server.storage.set("localhost", "offline", "bob", old)
+    storage.set("localhost", "offline", "bob", old)
+    server = make_xmpp(enabled=ENABLED, options=QUIET, storage=storage)
+    server.adduser("bob@localhost")
     alice = server.login("alice@localhost/phone", available=True)
     alice.send(chat("bob@localhost", "new", "n1"))
     bob = come_online(server, "bob@localhost/pc")
@@ -319,6 +324,45 @@ def test_messages_arriving_together_are_all_kept_with_slow_storage(server):
     assert len(plugin.queue) == 0  # the table empties when idle
     assert stored(server, "bob") == []
     alice.expect_nothing()
+
+
+class CountingArchive:
+    """The plugin's archive, counting the queries made of it."""
+
+    def __init__(self, archive: Any) -> None:
+        self.archive = archive
+        self.queries: list[str] = []
+
+    def query(self, user: str, query: Any = None) -> Deferred:
+        self.queries.append(user)
+        return self.archive.query(user, query)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.archive, name)
+
+
+def test_only_users_with_messages_waiting_cost_a_storage_read_when_they_come_online(make_xmpp):
+    storage = MemoryStorage()
+    storage.start()
+    storage.archive_append("localhost", "offline", "carol", chat("carol@localhost", "early"), when=1.0)
+    server = make_xmpp(enabled=ENABLED, options=QUIET, storage=storage)
+    plugin = server.server.plugins.instance("localhost", "offline")
+    plugin.archive = archive = CountingArchive(plugin.archive)
+    server.adduser("bob@localhost")
+    server.adduser("carol@localhost")
+    come_online(server, "bob@localhost/pc").disconnect()
+    assert archive.queries == []  # nothing waits for bob: no read at his initial presence
+    carol = come_online(server, "carol@localhost/pc")  # stored before the server started
+    assert bodies(carol.drain()) == ["early"] and archive.queries == ["carol"]
+    alice = server.login("alice@localhost/phone", available=True)
+    alice.send(chat("bob@localhost", "later", "1"))
+    archive.queries.clear()
+    bob = come_online(server, "bob@localhost/laptop")
+    assert bodies(bob.drain()) == ["later"] and "bob" in archive.queries
+    archive.queries.clear()
+    come_online(server, "bob@localhost/tablet")
+    come_online(server, "carol@localhost/tablet")
+    assert archive.queries == []  # all delivered: nothing waits any more
 
 
 def test_a_session_that_leaves_before_the_read_finishes_leaves_them_stored(server):

@@ -49,7 +49,8 @@ class ExpectationError(AssertionError):
 
 class MemoryServer:
     """A server on a memory reactor. ``plugins`` are Plugin classes made available besides the installed
-    ones (tests define plugins inline this way); ``enabled`` is the [plugins] enabled list."""
+    ones (tests define plugins inline this way); ``enabled`` is the [plugins] enabled list. ``storage``
+    holds what an earlier server (or an older version) stored, seen by plugins when they load."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class MemoryServer:
         plugins: Iterable[type[Plugin]] = (),
         options: dict[str, dict[str, Any]] | None = None,
         config: dict[str, Any] | None = None,
+        storage: MemoryStorage | None = None,
     ) -> None:
         data: dict[str, Any] = {
             "server": {"domains": list(domains)},
@@ -77,7 +79,7 @@ class MemoryServer:
         self.clock = MemoryReactorClock()
         self.config = config_module.parse(data, "(test)")
         self.server = XMPPServer(
-            self.config, reactor=self.clock, storage=MemoryStorage(), plugin_classes=tuple(plugins)
+            self.config, reactor=self.clock, storage=storage or MemoryStorage(), plugin_classes=tuple(plugins)
         )
         # A memory reactor runs no thread pool: derive credentials inline (and cheaply, as adduser does)
         # so accounts created through the server (in-band registration, password changes) work here.
