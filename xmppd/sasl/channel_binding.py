@@ -17,7 +17,8 @@ undefined for TLS 1.3 (RFC 9266 s1).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -57,11 +58,31 @@ def tls_channel_bindings(connection: Connection | None) -> dict[str, bytes]:
     bindings: dict[str, bytes] = {}
     if connection.get_protocol_version_name() == "TLSv1.3":
         bindings["tls-exporter"] = connection.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH)
-    certificate = connection.get_certificate()
-    if certificate is not None:
-        if not isinstance(certificate, x509.Certificate):
-            certificate = certificate.to_cryptography()
-        data = tls_server_end_point(certificate)
-        if data is not None:
-            bindings["tls-server-end-point"] = data
+    data = _server_end_point(connection)
+    if data is not None:
+        bindings["tls-server-end-point"] = data
     return bindings
+
+
+# The server certificate belongs to the connection's context, which serves every connection (one per
+# certificate with SNI): its end-point hash is worked out once per context, not at every STARTTLS.
+_END_POINTS: weakref.WeakKeyDictionary[Any, bytes | None] = weakref.WeakKeyDictionary()
+
+
+def _server_end_point(connection: Connection) -> bytes | None:
+    context = connection.get_context()
+    try:
+        return _END_POINTS[context]
+    except (KeyError, TypeError):
+        pass
+    certificate = connection.get_certificate()
+    if certificate is None:
+        return None  # none configured on this context yet: not remembered
+    if not isinstance(certificate, x509.Certificate):
+        certificate = certificate.to_cryptography()
+    data = tls_server_end_point(certificate)
+    try:
+        _END_POINTS[context] = data
+    except TypeError:
+        pass  # a context that cannot be weakly referenced (a test double): worked out each time
+    return data
