@@ -8,8 +8,6 @@ The stream's writer relies on the stream's default namespace, so one stanza serv
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 from lxml import etree
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -175,5 +173,8 @@ _PARSE_HEADER = (
 
 
 def copy_stanza(el: etree._Element) -> etree._Element:
-    """An independent copy of an element (a stanza, a payload, a form) that can be changed or re-parented."""
-    return deepcopy(el)
+    """An independent copy of an element (a stanza, a payload, a form) that can be changed or re-parented.
+
+    lxml's ``__copy__`` copies the whole subtree, as ``copy.deepcopy`` does, without the copy module's
+    memo bookkeeping: half the cost, and the MUC copies each message once per occupant."""
+    return el.__copy__()
