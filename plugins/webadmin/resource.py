@@ -28,6 +28,7 @@ from xmppd.plugins.webadmin.sessions import AdminSession, LoginTokens, same
 
 from xmppd import __version__
 from xmppd.control import Commands
+from xmppd.http.site import form_fields
 from xmppd.jid import JIDError, parse_jid
 from xmppd.sasl.scram import ScramCredentials, verify_password
 from xmppd.xml.stanza import add_child
@@ -47,7 +48,8 @@ Action = Callable[[Request, AdminSession], Awaitable[tuple[str, str, str]]]
 
 def arg(request: Request, name: str) -> str:
     """A form or query field as text ("" when absent), cut at MAX_FIELD characters."""
-    values = (request.args or {}).get(name.encode(), [b""])
+    key = name.encode()
+    values = form_fields(request).get(key) or (request.args or {}).get(key) or [b""]
     return values[0].decode("utf-8", "replace")[:MAX_FIELD]
 
 
