@@ -203,6 +203,29 @@ async def keyval_document_cache_is_never_older_than_the_database(backend: Backen
 
 
 @check()
+async def keyval_keys_are_separate_and_listed(backend: Backend) -> None:
+    storage = await backend.open()
+    assert await storage.users("localhost", "notes") == []
+    keys = [
+        ("a.example", "notes", "alice"),
+        ("b.example", "notes", "alice"),
+        ("a.example", "drafts", "alice"),
+        ("a.example", "notes", "bob"),
+    ]
+    for index, key in enumerate(keys):
+        await storage.set(*key, {"n": index})
+    for index, key in enumerate(keys):
+        assert await storage.get(*key) == {"n": index}, key
+    await storage.set("a.example", "notes", "alice", None)
+    assert await storage.get("b.example", "notes", "alice") == {"n": 1}
+    assert await storage.get("a.example", "drafts", "alice") == {"n": 2}
+    assert await storage.users("a.example", "notes") == ["bob"]  # a deleted document is not listed
+    for user, scalar in [("s", "just a string"), ("n", 42), ("f", 1.5), ("l", [1, 2, 3])]:
+        await storage.set("localhost", "docs", user, scalar)
+        assert await storage.get("localhost", "docs", user) == scalar
+
+
+@check()
 async def keyval_users_sorted_by_code_point(backend: Backend) -> None:
     storage = await backend.open()
     names = ["mallory", "Zoe", "alice", "zoe", "Émile", "bob", "émile", "_x", "carol", "日本"]
@@ -254,7 +277,7 @@ async def keyval_values_are_copies_and_json_only(backend: Backend) -> None:
     got = await storage.get("localhost", "docs", "alice")
     got["items"].append(4)
     assert await storage.get("localhost", "docs", "alice") == {"items": [1, 2]}
-    for bad in (object(), {"set": {1, 2}}, b"bytes"):
+    for bad in (object(), {"set": {1, 2}}, b"bytes", {1: {2: object()}}):
         await refused(lambda bad=bad: storage.set("localhost", "docs", "bob", bad), TypeError, ValueError)
     assert await storage.get("localhost", "docs", "bob") is None
 
@@ -735,11 +758,15 @@ async def stop_lets_what_was_asked_for_finish(backend: Backend) -> None:
 async def persists_across_reopen(backend: Backend) -> None:
     storage = await backend.open()
     await storage.set("localhost", "notes", "alice", {"text": "kept"})
+    await storage.set("localhost", "notes", "bob", {"text": "deleted"})
+    await storage.set("localhost", "notes", "bob", None)
     await storage.map_set("localhost", "m", "alice", "k", [1])
     item = await storage.archive_append("localhost", "log", "alice", "kept", when=12.5, with_="bob@x/y")
     await backend.close()
     storage = await backend.open()
     assert await storage.get("localhost", "notes", "alice") == {"text": "kept"}
+    assert await storage.get("localhost", "notes", "bob") is None
+    assert await storage.users("localhost", "notes") == ["alice"]
     assert await storage.map_items("localhost", "m", "alice") == {"k": [1]}
     page = await storage.archive_query("localhost", "log", "alice", ArchiveQuery(with_="bob@x"))
     assert page.items == [ArchiveItem(item, 12.5, "bob@x/y", "kept")]
@@ -909,6 +936,20 @@ async def open_storage_picks_sqlite_in_data_dir(backend: Backend) -> None:
     assert (backend.directory / "elsewhere" / "xmppd.sqlite").exists()
 
 
+@check("sqlite")
+async def a_second_connection_sees_committed_writes(backend: Backend) -> None:
+    storage = await backend.open()
+    await storage.set("localhost", "notes", "alice", {"text": "visible"})
+    # As xmppdctl export would, while the server runs (WAL: readers and one writer at once).
+    rows = backend.execute(['SELECT value FROM keyval WHERE "user" = ?'], ("alice",))
+    backend.execute(
+        ['INSERT INTO keyval (host, store, "user", value) VALUES (?, ?, ?, ?)'],
+        ("localhost", "notes", "bob", '{"x": 1}'),
+    )
+    assert [json.loads(r[0]) for r in rows] == [{"text": "visible"}]
+    assert await storage.get("localhost", "notes", "bob") == {"x": 1}
+
+
 # -- running the checks ----------------------------------------------------------------------------------
 
 
@@ -935,6 +976,20 @@ def names_for(kind: str) -> list[str]:
 @pytest.mark.parametrize("name", names_for("memory"))
 def test_memory(name, tmp_path):
     run_now(CHECKS[name][0], Backend("memory", tmp_path))
+
+
+def test_memory_storage_is_empty_after_restart():
+    storage = MemoryStorage()
+    storage.set("localhost", "s", "u", 1)
+    got: list = []
+    MemoryStorage().get("localhost", "s", "u").addCallback(got.append)
+    assert got == [None]
+    assert isinstance(open_storage("memory", Path("unused")), MemoryStorage)
+
+
+def test_open_storage_unknown_backend():
+    with pytest.raises(StorageError, match="mongo"):
+        open_storage("mongo", Path("unused"))
 
 
 RUNNER = """
