@@ -532,6 +532,21 @@ async def run_for(params: Params, window: Window, counter: Callable[[], int]) ->
     return result, counter() - before
 
 
+async def drain(pending: Callable[[], Any], timeout: float = 10) -> None:
+    """After the window: wait (at most ``timeout`` s) until ``pending()`` says nothing is in flight."""
+    deadline = time.monotonic() + timeout
+    while pending() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def per_thousand(measured: dict[str, float], count: int) -> dict[str, float]:
+    """Server and load generator CPU seconds per 1,000 units of work (messages, deliveries)."""
+    return {
+        "server_cpu_s_per_1000": 1000 * measured["server_cpu_s"] / max(count, 1),
+        "loadgen_cpu_s_per_1000": 1000 * measured["loadgen_cpu_s"] / max(count, 1),
+    }
+
+
 async def scenario_login(target: Target, params: Params, tls: bool = False) -> dict[str, Any]:
     done = 0
     running = True
@@ -648,9 +663,7 @@ async def scenario_messages(target: Target, params: Params, tls: bool = False) -
         count = delivered - before
         window_latencies = list(latencies)
         running = False
-        deadline = time.monotonic() + 10
-        while in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await drain(lambda: in_flight > 0)
     finally:
         running = False
         await logout_all(conns)
@@ -660,8 +673,7 @@ async def scenario_messages(target: Target, params: Params, tls: bool = False) -
         "messages": count,
         "messages_per_s": count / measured["wall_s"],
         "errors": errors,
-        "server_cpu_s_per_1000": 1000 * measured["server_cpu_s"] / max(count, 1),
-        "loadgen_cpu_s_per_1000": 1000 * measured["loadgen_cpu_s"] / max(count, 1),
+        **per_thousand(measured, count),
         "latency_p50_ms": 1000 * percentile(window_latencies, 0.50),
         "latency_p99_ms": 1000 * percentile(window_latencies, 0.99),
     }
@@ -731,9 +743,7 @@ async def scenario_latency(target: Target, params: Params) -> dict[str, Any]:
             await asyncio.sleep(0.0005)
         measured = window.stop()
         w1 = clock()
-        deadline = time.monotonic() + 10
-        while sent_at and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await drain(lambda: sent_at)
     finally:
         await logout_all(conns)
     in_window = [lat for t, lat in samples if w0 <= t < w1]
@@ -817,9 +827,7 @@ async def scenario_muc(target: Target, params: Params) -> dict[str, Any]:
         window = Window(target.pid)
         measured, count = await run_for(params, window, lambda: deliveries)
         running = False
-        deadline = time.monotonic() + 10
-        while in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await drain(lambda: in_flight > 0)
     finally:
         running = False
         await logout_all(conns)
@@ -829,8 +837,7 @@ async def scenario_muc(target: Target, params: Params) -> dict[str, Any]:
         "deliveries": count,
         "deliveries_per_s": count / measured["wall_s"],
         "errors": errors,
-        "server_cpu_s_per_1000": 1000 * measured["server_cpu_s"] / max(count, 1),
-        "loadgen_cpu_s_per_1000": 1000 * measured["loadgen_cpu_s"] / max(count, 1),
+        **per_thousand(measured, count),
     }
 
 
