@@ -11,9 +11,6 @@ Each object has ``name``, ``pid``, ``c2s_port``, ``http_port``, ``start()``, ``s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from provision import DOMAIN, write_pie, write_prosody_accounts
 
 from xmppd.testing.ca import TestCA
 from xmppd.testing.process import ServerProcess, terminate
-from xmppd.testing.prosody import PROSODY, ProsodyServer, free_port, prosody_missing
+from xmppd.testing.prosody import ProsodyServer, free_port
 
 MUC_DOMAIN = f"conference.{DOMAIN}"
 
@@ -116,33 +113,10 @@ class BenchProsody(ProsodyServer):
     def config_text(self) -> str:
         return super().config_text() + f'\nComponent "{MUC_DOMAIN}" "muc"\n'
 
-    def start(self, timeout: float = 30) -> BenchProsody:
-        """As ProsodyServer.start, but ready when the ports answer (at warn, nothing is logged)."""
-        reason = prosody_missing()
-        if reason:
-            raise RuntimeError(reason)
-        self.write_config()
-        self._output = open(self.output_path, "ab")
-        self.process = subprocess.Popen(
-            [PROSODY, "-F", "--config", str(self.config_path)],
-            cwd=self.directory,
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HOME": str(self.data_dir)},
-        )
-        deadline = time.monotonic() + timeout
+    def _ready(self) -> bool:
+        """Ready when the ports answer: at warn, Prosody logs nothing to wait for."""
         bosh = "bosh" in self.modules
-        while not ((not bosh or self._accepts(self.http_port)) and self._answers_stream()):
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self._cleanup()
-                raise RuntimeError(f"prosody exited with {code}:\n{self.output()}\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"prosody did not start within {timeout}s:\n{self.output()}\n{self.log()}")
-            time.sleep(0.05)
-        return self
+        return (not bosh or self._accepts(self.http_port)) and self._answers_stream()
 
 
 class Prosody:

@@ -273,26 +273,29 @@ class ProsodyServer:
             env={**os.environ, "HOME": str(self.data_dir)},
         )
         deadline = time.monotonic() + timeout
-        expected = {
-            "c2s": f"[127.0.0.1]:{self.c2s_port}",
-            "s2s": f"[127.0.0.1]:{self.s2s_port}",
-        }
-        while True:
+        while not self._ready():
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self._cleanup()
                 raise RuntimeError(f"prosody exited with {code}:\n{self.output()}\n{self._new_log()}")
-            log = self._new_log()
-            if "Failed to open server port" in log:
-                self.stop()
-                raise RuntimeError(f"prosody could not listen (port taken?):\n{log}")
-            activated = all(f"Activated service '{name}' on {at}" in log for name, at in expected.items())
-            if activated and self._accepts(self.s2s_port) and self._answers_stream():
-                return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"prosody did not start within {timeout}s:\n{self.output()}\n{log}")
+                raise RuntimeError(
+                    f"prosody did not start within {timeout}s:\n{self.output()}\n{self._new_log()}"
+                )
             time.sleep(0.05)
+        return self
+
+    def _ready(self) -> bool:
+        """Whether the Prosody just started is ready: it logged both listeners, accepts s2s connections
+        and answers a stream header. RuntimeError (and stopped) if it could not open a port."""
+        log = self._new_log()
+        if "Failed to open server port" in log:
+            self.stop()
+            raise RuntimeError(f"prosody could not listen (port taken?):\n{log}")
+        expected = {"c2s": f"[127.0.0.1]:{self.c2s_port}", "s2s": f"[127.0.0.1]:{self.s2s_port}"}
+        activated = all(f"Activated service '{name}' on {at}" in log for name, at in expected.items())
+        return activated and self._accepts(self.s2s_port) and self._answers_stream()
 
     @staticmethod
     def _accepts(port: int) -> bool:
