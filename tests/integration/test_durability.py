@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from slixclient import DEFAULT_PLUGINS as CLIENT_PLUGINS
-from slixclient import TIMEOUT, Client, Clients, run, within
+from slixclient import TIMEOUT, Client, Clients, run, run_as_alice, within
 
 from xmppd.config import DEFAULT_PLUGINS
 from xmppd.testing.postgres import POSTGRES_DSN, fresh_schema, postgres_unreachable
@@ -166,6 +166,18 @@ async def roster_get(client: Client) -> tuple[str | None, dict[str, dict[str, An
     return query.get("ver"), items
 
 
+def roster_after_restart(proc: ServerProcess) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """Start the killed server again and read alice's roster (version and items)."""
+    proc.start()
+    found: list[tuple[str | None, dict[str, dict[str, Any]]]] = []
+
+    async def read(alice: Client) -> None:
+        found.append(await roster_get(alice))
+
+    run_as_alice(proc, read)
+    return found[0]
+
+
 def test_roster_item_survives_kill(start):
     proc = start()
 
@@ -182,22 +194,15 @@ def test_roster_item_survives_kill(start):
             kill(proc)  # told twice (the result and the push): now crash
 
     run(add_bob())
-    proc.start()
-
-    async def check() -> None:
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            ver, items = await roster_get(alice)
-            assert items == {
-                "bob@localhost": {
-                    "name": "Bobby",
-                    "groups": {"Friends", "Chess club"},
-                    "subscription": "none",
-                }
-            }
-            assert ver == "1"
-
-    run(check())
+    ver, items = roster_after_restart(proc)
+    assert items == {
+        "bob@localhost": {
+            "name": "Bobby",
+            "groups": {"Friends", "Chess club"},
+            "subscription": "none",
+        }
+    }
+    assert ver == "1"
 
 
 def test_fifty_pipelined_roster_sets_survive_kill(start):
@@ -226,16 +231,9 @@ def test_fifty_pipelined_roster_sets_survive_kill(start):
             assert [a.get("type") for a in answers] == ["result"] * 50
 
     run(add_all())
-    proc.start()
-
-    async def check() -> None:
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            ver, items = await roster_get(alice)
-            assert items == contacts
-            assert ver == "50"
-
-    run(check())
+    ver, items = roster_after_restart(proc)
+    assert items == contacts
+    assert ver == "50"
 
 
 def test_roster_sets_answered_before_a_kill_in_the_middle_survive(start):
@@ -272,20 +270,13 @@ def test_roster_sets_answered_before_a_kill_in_the_middle_survive(start):
             assert not failures and proc.process is None, failures
 
     run(add_all())
-    proc.start()
-
-    async def check() -> None:
-        async with Clients(proc) as clients:
-            alice = await clients.login("alice@localhost/phone", "alice-pw")
-            ver, items = await roster_get(alice)
-            assert set(answered) <= set(items) <= set(sent)
-            assert ver == str(len(items))
-            assert all(
-                item == {"name": jid.upper(), "groups": {"Flood"}, "subscription": "none"}
-                for jid, item in items.items()
-            )
-
-    run(check())
+    ver, items = roster_after_restart(proc)
+    assert set(answered) <= set(items) <= set(sent)
+    assert ver == str(len(items))
+    assert all(
+        item == {"name": jid.upper(), "groups": {"Flood"}, "subscription": "none"}
+        for jid, item in items.items()
+    )
 
 
 # -- accounts --------------------------------------------------------------------------------------------

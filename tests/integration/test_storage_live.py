@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from xmppd.testing.postgres import fresh_schema, postgres_unreachable
-from xmppd.testing.process import TWISTD, ServerProcess
+from xmppd.testing.process import ServerProcess
 
 
 @pytest.fixture
@@ -34,16 +33,7 @@ def run_twistd(server: ServerProcess, timeout: float = 30) -> subprocess.Complet
     """Run the server in the foreground; it must stop by itself (a server that keeps running fails)."""
     try:
         return subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                TWISTD,
-                "--nodaemon",
-                "--pidfile=",
-                "xmppd",
-                "--config",
-                str(server.config_path),
-            ],
+            server.command,
             cwd=server.directory,
             env=server.env,
             capture_output=True,

@@ -94,22 +94,27 @@ class ServerProcess:
         self.log_path = self.directory / "xmppd.log"
         self.listeners: dict[str, list[str]] = {}
 
+    @property
+    def command(self) -> list[str]:
+        """``twistd -n xmppd --config FILE``, as the installed twistd script runs it."""
+        return [
+            sys.executable,
+            "-c",
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "xmppd",
+            "--config",
+            str(self.config_path),
+        ]
+
     def start(self, timeout: float = 30) -> ServerProcess:
         listeners = self.data_dir / "listeners.json"
         if listeners.exists():
             listeners.unlink()
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                TWISTD,
-                "--nodaemon",
-                "--pidfile=",
-                "xmppd",
-                "--config",
-                str(self.config_path),
-            ],
+            self.command,
             cwd=self.directory,
             stdout=self._log,
             stderr=subprocess.STDOUT,
